@@ -1,0 +1,1 @@
+//! Cluster: openraft membership and channel ownership.

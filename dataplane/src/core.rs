@@ -1,0 +1,1 @@
+//! The sans-IO packet core of one data-plane core.

@@ -1,0 +1,1 @@
+//! The glommio shell: pinned executors, sockets, ring polling.
