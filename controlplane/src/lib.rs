@@ -6,7 +6,13 @@
 //!   keys and subscriptions in the data plane through `shared::ring`.
 
 pub mod api;
+pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod dtls;
+pub mod ids;
 pub mod license;
+pub mod media;
+pub mod node;
 pub mod sdp;
+pub mod signaling;

@@ -1,0 +1,354 @@
+//! A running node: the shared state every session and API call works on, and
+//! [`run`], which starts the planes and serves until SIGTERM/SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use shared::{ChannelKey, Command, ConnId};
+use tokio::sync::watch;
+
+use crate::channels::{Member, PublishedTrack, Registry, SessionMsg};
+use crate::config::Config;
+use crate::dtls::DtlsIdentity;
+use crate::license::License;
+use crate::media::MediaLink;
+use crate::sdp::Codec;
+use crate::signaling::{close, Admission, Closing, ConnectRequest};
+
+/// Bytes of each ring (commands down, events up) per data-plane core.
+const RING_CAPACITY: usize = 1 << 20;
+
+/// Signaling counters for `GetStatsReport`.
+#[derive(Default)]
+pub struct SignalingCounters {
+    pub opened: AtomicU64,
+    pub failed: AtomicU64,
+    pub established: AtomicU64,
+}
+
+impl SignalingCounters {
+    pub fn signaling_opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn signaling_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Node {
+    pub config: Config,
+    pub license: License,
+    pub identity: DtlsIdentity,
+    pub media: MediaLink,
+    pub registry: Mutex<Registry>,
+    pub counters: SignalingCounters,
+    pub started_at: SystemTime,
+    next_conn: AtomicU32,
+    stopping: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    pub fn new(config: Config, license: License, identity: DtlsIdentity, media: MediaLink) -> Node {
+        let cores = media.cores();
+        Node {
+            config,
+            license,
+            identity,
+            media,
+            registry: Mutex::new(Registry::new(cores)),
+            counters: SignalingCounters::default(),
+            started_at: SystemTime::now(),
+            next_conn: AtomicU32::new(1),
+            stopping: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    pub fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().expect("registry lock poisoned")
+    }
+
+    pub fn new_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn default_video_codec(&self) -> Codec {
+        self.config.default_video_codec_type
+    }
+
+    /// The ICE host candidate of data-plane core `core`.
+    pub fn candidate(&self, core: usize) -> (IpAddr, u16) {
+        (self.config.candidate_ip(), self.config.media_port_of(core))
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Decides whether a `connect` is served here.
+    pub async fn admit(&self, _req: &ConnectRequest) -> Result<Admission, Closing> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(Closing::new(
+                close::UNAVAILABLE,
+                "NODE-STOPPING: the node is shutting down",
+            ));
+        }
+        let max = self.license.max_connections;
+        if self.registry().connection_count() as u64 >= max {
+            return Err(Closing::new(
+                close::FORBIDDEN,
+                format!("LICENSE-MAX-CONNECTIONS: the license allows {max} connections"),
+            ));
+        }
+        Ok(Admission::Here)
+    }
+
+    /// Adds a member to its channel; returns the channel's key and core.
+    pub fn join_channel(&self, channel_id: &str, member: Member) -> (ChannelKey, usize) {
+        let (key, core, created) = self.registry().join(channel_id, member);
+        if created {
+            self.media.sender(core).send(Command::SetChannelOwned {
+                channel: key,
+                owned: true,
+            });
+        }
+        (key, core)
+    }
+
+    /// Established publishers of the channel other than `me`, with their tracks.
+    pub fn publishers(
+        &self,
+        me: ConnId,
+        channel_id: &str,
+    ) -> Vec<(ConnId, String, Vec<PublishedTrack>)> {
+        let reg = self.registry();
+        let Some(ch) = reg.channels.get(channel_id) else {
+            return Vec::new();
+        };
+        ch.publishers(me)
+            .into_iter()
+            .map(|(c, m)| {
+                let tracks = m.audio.iter().chain(m.video.iter()).cloned().collect();
+                (c, m.connection_id.clone(), tracks)
+            })
+            .collect()
+    }
+
+    /// Marks `conn` established, tells the others (notify, re-offer) and returns
+    /// the `connection.created` notify for the connection itself.
+    pub fn mark_established(&self, conn: ConnId, channel_id: &str) -> Option<Value> {
+        self.counters.established.fetch_add(1, Ordering::Relaxed);
+        let mut reg = self.registry();
+        let member = reg.member_mut(conn)?;
+        member.established = true;
+        let ch = reg.channels.get(channel_id)?;
+        let me = ch.members.get(&conn)?;
+        let counts = ch.counts();
+        let mut about_me = notify("connection.created", me, &counts);
+        for other in ch.members.values().filter(|m| m.conn != conn) {
+            if other.role.receives() && me.role.sends() {
+                let _ = other.tx.send(SessionMsg::PublishersChanged);
+            }
+            if other.established && self.config.signaling_notify {
+                let _ = other.tx.send(SessionMsg::Send(about_me.clone()));
+            }
+        }
+        if !self.config.signaling_notify {
+            return None;
+        }
+        about_me["data"] = Value::Array(ch.established().map(Member::notify_entry).collect());
+        Some(about_me)
+    }
+
+    /// Removes `conn` from its channel; tells the others.
+    pub fn leave_channel(&self, conn: ConnId, was_established: bool) {
+        let mut reg = self.registry();
+        let Some((channel_id, member, empty)) = reg.leave(conn) else {
+            return;
+        };
+        if empty {
+            return;
+        }
+        let Some(ch) = reg.channels.get(&channel_id) else {
+            return;
+        };
+        let counts = ch.counts();
+        let destroyed = notify("connection.destroyed", &member, &counts);
+        for other in ch.members.values() {
+            if member.role.sends() && other.role.receives() {
+                let _ = other.tx.send(SessionMsg::PublishersChanged);
+            }
+            if was_established && other.established && self.config.signaling_notify {
+                let _ = other.tx.send(SessionMsg::Send(destroyed.clone()));
+            }
+        }
+    }
+
+    /// Closes every session of the channel (or one connection) with a reason.
+    pub fn close_connections(
+        &self,
+        channel_id: &str,
+        connection_id: Option<&str>,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let reg = self.registry();
+        let Some(ch) = reg.channels.get(channel_id) else {
+            return 0;
+        };
+        let mut n = 0;
+        for m in ch.members.values() {
+            if connection_id.is_none_or(|id| id == m.connection_id) {
+                let _ = m.tx.send(SessionMsg::Close {
+                    code,
+                    reason: reason.to_owned(),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Starts a graceful stop: sessions close with a reason, new ones are refused.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn notify(event_type: &str, m: &Member, counts: &Value) -> Value {
+    let minutes = m
+        .created_at
+        .elapsed()
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0);
+    let mut v = json!({
+        "type": "notify",
+        "event_type": event_type,
+        "role": m.role.as_str(),
+        "client_id": m.client_id,
+        "bundle_id": m.bundle_id,
+        "connection_id": m.connection_id,
+        "audio": m.audio.is_some() || m.role.receives(),
+        "video": m.video.is_some() || m.role.receives(),
+        "minutes": minutes,
+        "turn_transport_type": "udp",
+    });
+    if let (Some(o), Some(c)) = (v.as_object_mut(), counts.as_object()) {
+        for (k, val) in c {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    if let Some(md) = &m.metadata {
+        v["metadata"] = md.clone();
+    }
+    v
+}
+
+async fn bind_tcp(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::new(ip, port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Runs a node until SIGTERM or SIGINT, then stops it gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let license = License::for_node(config.license_file.as_deref(), SystemTime::now())?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let api_listener = bind_tcp(
+        config.api_bind_address(),
+        config.api_port,
+        "the API (api_port)",
+    )
+    .await?;
+    let sig_listener = bind_tcp(
+        config.listen_address,
+        config.signaling_port,
+        "signaling (signaling_port)",
+    )
+    .await?;
+
+    let mut control_ends = Vec::new();
+    let mut core_ends = Vec::new();
+    for _ in 0..config.dataplane_cores.max(1) {
+        let (c, d) =
+            shared::ring::core_link(RING_CAPACITY).context("cannot create the data-plane rings")?;
+        control_ends.push(c);
+        core_ends.push(d);
+    }
+    let dataplane = dataplane::runtime::start(
+        dataplane::runtime::DataPlaneConfig {
+            listen_address: config.listen_address,
+            base_port: config.media_port,
+            cores: config.dataplane_cores.max(1),
+            pin: config.dataplane_pin,
+            consent_timeout: config.ice_consent_timeout,
+        },
+        core_ends,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let media = MediaLink::start(control_ends);
+    let identity = DtlsIdentity::generate()?;
+    let node = Arc::new(Node::new(config, license, identity, media));
+
+    let api = crate::api::app(node.clone());
+    let sig = crate::api::signaling_app(node.clone());
+    let mut sd1 = node.shutdown_signal();
+    let mut sd2 = node.shutdown_signal();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(async move {
+                let _ = sd1.changed().await;
+            })
+            .await
+    });
+    let sig_task = tokio::spawn(async move {
+        axum::serve(sig_listener, sig)
+            .with_graceful_shutdown(async move {
+                let _ = sd2.changed().await;
+            })
+            .await
+    });
+    tracing::info!(
+        node_name = %node.config.node_name,
+        api = %SocketAddr::new(node.config.api_bind_address(), node.config.api_port),
+        signaling = %SocketAddr::new(node.config.listen_address, node.config.signaling_port),
+        media = ?dataplane.ports(),
+        "node started"
+    );
+
+    wait_for_stop_signal().await;
+    tracing::info!("stopping: closing connections");
+    let started = Instant::now();
+    node.begin_shutdown();
+    // Sessions close their sockets with a reason; wait (bounded) for them to go.
+    while node.registry().connection_count() > 0 && started.elapsed().as_secs() < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = api_task.await;
+        let _ = sig_task.await;
+    })
+    .await;
+    node.media.broadcast(Command::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || dataplane.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
