@@ -12,6 +12,7 @@ use shared::{ChannelKey, Command, ConnId};
 use tokio::sync::watch;
 
 use crate::channels::{Member, PublishedTrack, Registry, SessionMsg};
+use crate::cluster::{Cluster, ClusterConfig, LicenseInfo, NodeInfo};
 use crate::config::Config;
 use crate::dtls::DtlsIdentity;
 use crate::license::License;
@@ -46,6 +47,8 @@ pub struct Node {
     pub media: MediaLink,
     pub registry: Mutex<Registry>,
     pub counters: SignalingCounters,
+    /// Present when `cluster = true`.
+    pub cluster: Option<Cluster>,
     pub started_at: SystemTime,
     next_conn: AtomicU32,
     stopping: AtomicBool,
@@ -53,7 +56,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, license: License, identity: DtlsIdentity, media: MediaLink) -> Node {
+    pub fn new(
+        config: Config,
+        license: License,
+        identity: DtlsIdentity,
+        media: MediaLink,
+        cluster: Option<Cluster>,
+    ) -> Node {
         let cores = media.cores();
         Node {
             config,
@@ -62,6 +71,7 @@ impl Node {
             media,
             registry: Mutex::new(Registry::new(cores)),
             counters: SignalingCounters::default(),
+            cluster,
             started_at: SystemTime::now(),
             next_conn: AtomicU32::new(1),
             stopping: AtomicBool::new(false),
@@ -110,7 +120,12 @@ impl Node {
 
     /// Adds a member to its channel; returns the channel's key and core.
     pub fn join_channel(&self, channel_id: &str, member: Member) -> (ChannelKey, usize) {
-        let (key, core, created) = self.registry().join(channel_id, member);
+        let mut reg = self.registry();
+        let (key, core, created) = reg.join(channel_id, member);
+        if let Some(cluster) = &self.cluster {
+            cluster.set_local_connections(reg.connection_count() as u64);
+        }
+        drop(reg);
         if created {
             self.media.sender(core).send(Command::SetChannelOwned {
                 channel: key,
@@ -166,12 +181,17 @@ impl Node {
     }
 
     /// Removes `conn` from its channel; tells the others.
-    pub fn leave_channel(&self, conn: ConnId, was_established: bool) {
+    pub fn leave_channel(self: &Arc<Self>, conn: ConnId, was_established: bool) {
         let mut reg = self.registry();
         let Some((channel_id, member, empty)) = reg.leave(conn) else {
             return;
         };
+        if let Some(cluster) = &self.cluster {
+            cluster.set_local_connections(reg.connection_count() as u64);
+        }
         if empty {
+            drop(reg);
+            self.release_later(channel_id);
             return;
         }
         let Some(ch) = reg.channels.get(&channel_id) else {
@@ -187,6 +207,28 @@ impl Node {
                 let _ = other.tx.send(SessionMsg::Send(destroyed.clone()));
             }
         }
+    }
+
+    /// In a cluster, gives the channel up once it has stayed empty for
+    /// `channel_release_grace`.
+    fn release_later(self: &Arc<Self>, channel_id: String) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let node = Arc::downgrade(self);
+        let grace = self.config.channel_release_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let Some(node) = node.upgrade() else { return };
+            if node.registry().channels.contains_key(&channel_id) {
+                return;
+            }
+            if let Some(cluster) = &node.cluster {
+                if let Err(e) = cluster.release_channel(&channel_id).await {
+                    tracing::info!(%channel_id, error = %e, "releasing an empty channel failed");
+                }
+            }
+        });
     }
 
     /// Closes every session of the channel (or one connection) with a reason.
@@ -296,7 +338,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let media = MediaLink::start(control_ends);
     let identity = DtlsIdentity::generate()?;
-    let node = Arc::new(Node::new(config, license, identity, media));
+    let cluster = if config.cluster { Some(start_cluster(&config, &license).await?) } else { None };
+    let node = Arc::new(Node::new(config, license, identity, media, cluster));
 
     let api = crate::api::app(node.clone());
     let sig = crate::api::signaling_app(node.clone());
@@ -337,10 +380,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = sig_task.await;
     })
     .await;
+    if let Some(cluster) = &node.cluster {
+        cluster.shutdown().await;
+    }
     node.media.broadcast(Command::Shutdown);
     let _ = tokio::task::spawn_blocking(move || dataplane.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn start_cluster(config: &Config, license: &License) -> anyhow::Result<Cluster> {
+    let me = NodeInfo {
+        external_signaling_url: config.signaling_url(),
+        external_api_url: config.api_url(),
+        license: LicenseInfo {
+            license_type: license.license_type.clone(),
+            serial_code: license.serial_code.clone(),
+            max_connections: license.max_connections,
+            max_nodes: (license.max_nodes > 1).then_some(license.max_nodes),
+        },
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let mut cc = ClusterConfig::new(config.node_name.clone(), config.listen_address, config.data_dir.clone(), me);
+    cc.port = config.cluster_listen_port;
+    cc.contact_node_name_list = config.contact_node_name_list.clone();
+    cc.heartbeat_interval = config.cluster_heartbeat_interval;
+    cc.down_after = config.cluster_heartbeat_timeout;
+    Cluster::start(cc).await.map_err(|e| anyhow::anyhow!("cluster: {e}"))
 }
 
 async fn wait_for_stop_signal() {

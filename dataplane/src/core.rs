@@ -348,15 +348,14 @@ impl Core {
             self.stats.dropped_malformed += 1;
             return;
         }
-        let Some(conn) = self
+        let Some((id, conn)) = self
             .by_addr
             .get(&from)
-            .and_then(|id| self.conns.get_mut(id))
+            .and_then(|id| self.conns.get_mut(id).map(|c| (*id, c)))
         else {
             self.stats.dropped_unknown_peer += 1;
             return;
         };
-        let id = self.by_addr[&from];
         conn.stats.packets_received += 1;
         conn.stats.bytes_received += pkt.len() as u64;
         let Some(srtp) = conn.srtp.as_mut() else {
@@ -622,8 +621,18 @@ impl Core {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return;
                 };
+                // A payload type or out_ssrc declared again replaces the old track.
+                let replaced: Vec<u32> = c
+                    .tracks
+                    .iter()
+                    .filter(|t| t.0 == payload_type || t.1 == out_ssrc)
+                    .map(|t| t.1)
+                    .collect();
                 c.tracks.retain(|t| t.0 != payload_type && t.1 != out_ssrc);
                 c.tracks.push((payload_type, out_ssrc));
+                for old in replaced {
+                    self.tracks.remove(&old);
+                }
                 let mut track = Track::new(conn, kind, payload_type, clock_rate, out_ssrc);
                 track.pli_pending = self.fanout.get(&conn).is_some_and(|s| !s.is_empty());
                 if let Some(old) = self.tracks.insert(out_ssrc, track) {

@@ -107,3 +107,61 @@ impl SrtpSession {
         self.outbound.encrypt_rtcp(pkt).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(profile: SrtpProfile) -> SrtpSession {
+        let salt = protection_profile(profile).salt_len();
+        SrtpSession::new(profile, &[1; 16], &vec![2; salt], &[3; 16], &vec![4; salt]).unwrap()
+    }
+
+    #[test]
+    fn short_srtcp_is_rejected_without_panic() {
+        for profile in [SrtpProfile::Aes128CmHmacSha1_80, SrtpProfile::AeadAes128Gcm] {
+            let mut s = session(profile);
+            for len in 0..40 {
+                let mut pkt = vec![0u8; len];
+                if len >= 2 {
+                    pkt[0] = 0x80;
+                    pkt[1] = 200;
+                }
+                assert!(s.unprotect_rtcp(&pkt).is_none(), "{profile:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn unencrypted_srtcp_with_a_forged_tag_is_rejected() {
+        // RR header, sender SSRC, E=0 with index 1, then a made-up tag.
+        let mut pkt = vec![0x80, 201, 0, 1, 0, 0, 0, 9];
+        pkt.extend_from_slice(&1u32.to_be_bytes());
+        pkt.extend_from_slice(&[0xEE; 10]);
+        let mut raw = Context::new(
+            &[3; 16],
+            &[4; 14],
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            None,
+            None,
+        )
+        .unwrap();
+        // The library alone accepts it: this is what the check guards against.
+        assert!(raw.decrypt_rtcp(&pkt).is_ok());
+        assert!(session(SrtpProfile::Aes128CmHmacSha1_80)
+            .unprotect_rtcp(&pkt)
+            .is_none());
+    }
+
+    #[test]
+    fn wrong_key_lengths_are_an_error() {
+        let err = SrtpSession::new(
+            SrtpProfile::AeadAes128Gcm,
+            &[1; 16],
+            &[2; 14],
+            &[3; 16],
+            &[4; 12],
+        );
+        assert!(err.is_err());
+    }
+}

@@ -134,15 +134,15 @@ fn allocations_come_from_srtp_only() {
         let ten = allocations_per_packet(profile, 10);
         let per_subscriber = (ten - one) / 9.0;
         println!("{profile:?}: {one} allocations/packet with 1 subscriber, {per_subscriber} per extra subscriber");
-        // AES-CM: one `Bytes` per unprotect and per protect; AES-GCM adds
-        // the AEAD's intermediate `Vec` on each side.
+        // Protect: AES-CM one buffer; AES-GCM three (output, the AEAD's own
+        // `Vec`, and a regrowth).
         let bound = match profile {
             SrtpProfile::Aes128CmHmacSha1_80 => 1.0,
-            SrtpProfile::AeadAes128Gcm => 2.0,
+            SrtpProfile::AeadAes128Gcm => 3.0,
         };
         assert!(per_subscriber <= bound, "{profile:?}: {per_subscriber}");
         // Unprotect: the output plus, with replay protection on, a replay
         // detector that `webrtc-srtp` builds (and drops) on each state lookup.
-        assert!(one <= per_subscriber + 6.0, "{profile:?}: {one}");
+        assert!(one <= per_subscriber + 7.0, "{profile:?}: {one}");
     }
 }

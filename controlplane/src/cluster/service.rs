@@ -108,8 +108,10 @@ impl Inner {
             election_timeout_min: hb * 5,
             election_timeout_max: hb * 10,
             install_snapshot_timeout: (hb * 10).max(1000),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-            max_in_snapshot_log_to_keep: 1000,
+            // Unit tests snapshot and purge the log almost constantly, so that
+            // snapshot building, storing, sending and installing all get exercised.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(if cfg!(test) { 3 } else { 5000 }),
+            max_in_snapshot_log_to_keep: if cfg!(test) { 0 } else { 1000 },
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);

@@ -512,6 +512,50 @@ async fn shared_license_within_max_nodes() {
     n2.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_cluster() {
+    let dir = TempDir::new("single");
+    let port = free_port();
+    let n1 = start(config(1, port, &dir, license("S1"))).await;
+    n1.init_cluster(vec![name(1)])
+        .await
+        .expect("init a cluster of one");
+    wait_for("leadership with quorum", PATIENCE, || async {
+        n1.status().raft_state == "leader" && n1.has_quorum()
+    })
+    .await;
+    let mut owned = n1.owned_channels();
+    let owner = n1.acquire_channel("solo", 3).await.expect("acquire");
+    assert!(owner.is_me);
+    assert_eq!(
+        owner.external_signaling_url,
+        "wss://node1.example/signaling"
+    );
+    tokio::time::timeout(PATIENCE, owned.wait_for(|s| s.contains("solo")))
+        .await
+        .expect("owned in time")
+        .expect("watch open");
+    n1.release_channel("solo").await.expect("release");
+    tokio::time::timeout(PATIENCE, owned.wait_for(|s| s.is_empty()))
+        .await
+        .expect("released in time")
+        .expect("watch open");
+    assert!(matches!(
+        n1.purge_node(name(1)).await,
+        Err(ClusterError::NodeIsAlive { .. })
+    ));
+    n1.shutdown().await;
+
+    // Restarted, it leads again by itself and keeps its membership.
+    let n1 = start(config(1, port, &dir, license("S1"))).await;
+    wait_for("leadership after restart", PATIENCE, || async {
+        n1.status().raft_state == "leader" && n1.has_quorum()
+    })
+    .await;
+    assert_eq!(connected_names(&n1).await, vec![(name(1), true)]);
+    n1.shutdown().await;
+}
+
 #[test]
 fn api_error_mapping() {
     let cases = [

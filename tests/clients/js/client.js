@@ -154,6 +154,16 @@ function watchVideo(stream, track) {
   video.requestVideoFrameCallback(onFrame);
 }
 
+function watchAudio(stream, track) {
+  audioTracks.set(track.id, stream.id);
+  // Chromium decodes a remote audio track only while something plays it.
+  const audio = document.createElement("audio");
+  audio.autoplay = true;
+  audio.srcObject = new MediaStream([track]);
+  document.getElementById("remotes").appendChild(audio);
+  audio.play().catch((e) => emit("play_error", { kind: "audio", message: String(e) }));
+}
+
 async function pollAudio(conn) {
   // Audio presence from the receiver's own counters: samples decoded per track.
   const reported = new Map();
@@ -225,7 +235,7 @@ async function main() {
     const stream = ev.streams[0];
     emit("track", { kind: ev.track.kind, stream_id: stream.id, track_id: ev.track.id });
     if (ev.track.kind === "video") watchVideo(stream, ev.track);
-    else audioTracks.set(ev.track.id, stream.id);
+    else watchAudio(stream, ev.track);
   });
   conn.on("removetrack", (ev) => emit("removetrack", { track_id: ev.track ? ev.track.id : null }));
 
