@@ -197,35 +197,58 @@ async fn dispatch(node: &Arc<Node>, headers: &HeaderMap, body: &[u8]) -> Result<
             Ok(serde_json::json!({}))
         }
         "GetStatsReport" => Ok(stats_report(node)),
-        "InitCluster" | "ListClusterNodes" | "ListClusterChannels" | "PurgeClusterNode" | "JoinCluster"
+        "InitCluster"
+        | "ListClusterNodes"
+        | "ListClusterChannels"
+        | "PurgeClusterNode"
+        | "JoinCluster"
         | "RegisterClusterNode" => cluster_op(node, op, &body).await,
         "GetLicense" => Ok(serde_json::to_value(&node.license).unwrap_or(Value::Null)),
         _ => Err(unknown_target(target)),
     }
 }
 
-async fn cluster_op(node: &Node, op: &str, body: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+async fn cluster_op(
+    node: &Node,
+    op: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
     let cluster = node.cluster.as_ref().ok_or_else(|| {
-        ApiError::bad_request("cluster_disabled", format!("{op} needs cluster = true in sora.conf"))
+        ApiError::bad_request(
+            "cluster_disabled",
+            format!("{op} needs cluster = true in sora.conf"),
+        )
     })?;
     match op {
         "InitCluster" => {
             let list = body
                 .get("node_name_list")
                 .and_then(Value::as_array)
-                .ok_or_else(|| ApiError::bad_request("missing_parameter", "\"node_name_list\" (array of node names) is required"))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "missing_parameter",
+                        "\"node_name_list\" (array of node names) is required",
+                    )
+                })?;
             let mut names = Vec::new();
             for v in list {
                 let s = v.as_str().ok_or_else(|| {
-                    ApiError::bad_request("invalid_parameter", "\"node_name_list\" must contain only strings")
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        "\"node_name_list\" must contain only strings",
+                    )
                 })?;
                 names.push(s.to_owned());
             }
             cluster.init_cluster(names).await?;
             Ok(serde_json::json!({}))
         }
-        "ListClusterNodes" => Ok(serde_json::to_value(cluster.list_nodes().await?).unwrap_or(Value::Null)),
-        "ListClusterChannels" => Ok(serde_json::to_value(cluster.list_channels().await?).unwrap_or(Value::Null)),
+        "ListClusterNodes" => {
+            Ok(serde_json::to_value(cluster.list_nodes().await?).unwrap_or(Value::Null))
+        }
+        "ListClusterChannels" => {
+            Ok(serde_json::to_value(cluster.list_channels().await?).unwrap_or(Value::Null))
+        }
         "PurgeClusterNode" => {
             let target = field(body, "target_node_name")?.to_owned();
             cluster.purge_node(target.clone()).await?;

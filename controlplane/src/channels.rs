@@ -100,6 +100,9 @@ impl Member {
 #[derive(Debug)]
 pub struct Channel {
     pub key: ChannelKey,
+    /// Identifies this life of the channel (from its first connection to its
+    /// last), as Sora's `session_id`.
+    pub session_id: String,
     pub core: usize,
     pub members: BTreeMap<ConnId, Member>,
 }
@@ -128,6 +131,16 @@ impl Channel {
             "channel_recvonly_connections": by(Role::RecvOnly),
         })
     }
+}
+
+/// What [`Registry::leave`] removed.
+#[derive(Debug)]
+pub struct Left {
+    pub channel_id: String,
+    pub session_id: String,
+    pub member: Member,
+    /// The channel has no members left and was removed.
+    pub empty: bool,
 }
 
 /// All channels of the node.
@@ -175,6 +188,7 @@ impl Registry {
                 channel_id.to_owned(),
                 Channel {
                     key,
+                    session_id: crate::ids::new_connection_id(),
                     core,
                     members: BTreeMap::new(),
                 },
@@ -188,20 +202,26 @@ impl Registry {
         (ch.key, ch.core, created)
     }
 
-    /// Removes a member. Returns the member and whether its channel is now empty
-    /// (and was removed).
-    pub fn leave(&mut self, conn: ConnId) -> Option<(String, Member, bool)> {
+    /// Removes a member. Returns its channel, the member and whether the channel
+    /// is now empty (and was removed).
+    pub fn leave(&mut self, conn: ConnId) -> Option<Left> {
         let channel_id = self.conns.remove(&conn)?;
         let ch = self.channels.get_mut(&channel_id)?;
         let member = ch.members.remove(&conn)?;
         self.core_load[ch.core] = self.core_load[ch.core].saturating_sub(1);
         let empty = ch.members.is_empty();
+        let session_id = ch.session_id.clone();
         if empty {
             let key = ch.key;
             self.channels.remove(&channel_id);
             self.keys.remove(&key);
         }
-        Some((channel_id, member, empty))
+        Some(Left {
+            channel_id,
+            session_id,
+            member,
+            empty,
+        })
     }
 
     pub fn channel_of(&self, conn: ConnId) -> Option<&Channel> {
@@ -273,8 +293,8 @@ mod tests {
         assert_ne!(ka, kc);
         assert_ne!(core_a, core_c, "second channel goes to the idle core");
         assert_eq!(r.connection_count(), 3);
-        assert!(!r.leave(ConnId(1)).unwrap().2);
-        assert!(r.leave(ConnId(2)).unwrap().2);
+        assert!(!r.leave(ConnId(1)).unwrap().empty);
+        assert!(r.leave(ConnId(2)).unwrap().empty);
         assert!(!r.channels.contains_key("x"));
         assert!(r.leave(ConnId(2)).is_none());
     }

@@ -16,3 +16,4 @@ pub mod media;
 pub mod node;
 pub mod sdp;
 pub mod signaling;
+pub mod webhook;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use shared::{ChannelKey, Command, ConnId};
 use tokio::sync::watch;
 
-use crate::channels::{Member, PublishedTrack, Registry, SessionMsg};
+use crate::channels::{Left, Member, PublishedTrack, Registry, SessionMsg};
 use crate::cluster::{Cluster, ClusterConfig, LicenseInfo, NodeInfo};
 use crate::config::Config;
 use crate::dtls::DtlsIdentity;
@@ -19,6 +19,7 @@ use crate::license::License;
 use crate::media::MediaLink;
 use crate::sdp::Codec;
 use crate::signaling::{close, Admission, Closing, ConnectRequest};
+use crate::webhook::Webhooks;
 
 /// Bytes of each ring (commands down, events up) per data-plane core.
 const RING_CAPACITY: usize = 1 << 20;
@@ -49,6 +50,7 @@ pub struct Node {
     pub counters: SignalingCounters,
     /// Present when `cluster = true`.
     pub cluster: Option<Cluster>,
+    pub webhooks: Webhooks,
     pub started_at: SystemTime,
     next_conn: AtomicU32,
     stopping: AtomicBool,
@@ -62,6 +64,7 @@ impl Node {
         identity: DtlsIdentity,
         media: MediaLink,
         cluster: Option<Cluster>,
+        webhooks: Webhooks,
     ) -> Node {
         let cores = media.cores();
         Node {
@@ -72,6 +75,7 @@ impl Node {
             registry: Mutex::new(Registry::new(cores)),
             counters: SignalingCounters::default(),
             cluster,
+            webhooks,
             started_at: SystemTime::now(),
             next_conn: AtomicU32::new(1),
             stopping: AtomicBool::new(false),
@@ -125,8 +129,13 @@ impl Node {
         if let Some(cluster) = &self.cluster {
             cluster.set_local_connections(reg.connection_count() as u64);
         }
+        let session_id = reg.channels.get(channel_id).map(|c| c.session_id.clone());
         drop(reg);
         if created {
+            self.webhooks.session(
+                "session.created",
+                json!({"channel_id": channel_id, "session_id": session_id}),
+            );
             self.media.sender(core).send(Command::SetChannelOwned {
                 channel: key,
                 owned: true,
@@ -165,6 +174,10 @@ impl Node {
         let me = ch.members.get(&conn)?;
         let counts = ch.counts();
         let mut about_me = notify("connection.created", me, &counts);
+        self.webhooks.event(
+            "connection.created",
+            event_body(channel_id, &ch.session_id, me),
+        );
         for other in ch.members.values().filter(|m| m.conn != conn) {
             if other.role.receives() && me.role.sends() {
                 let _ = other.tx.send(SessionMsg::PublishersChanged);
@@ -183,14 +196,28 @@ impl Node {
     /// Removes `conn` from its channel; tells the others.
     pub fn leave_channel(self: &Arc<Self>, conn: ConnId, was_established: bool) {
         let mut reg = self.registry();
-        let Some((channel_id, member, empty)) = reg.leave(conn) else {
+        let Some(left) = reg.leave(conn) else {
             return;
         };
+        let Left {
+            channel_id,
+            session_id,
+            member,
+            empty,
+        } = left;
         if let Some(cluster) = &self.cluster {
             cluster.set_local_connections(reg.connection_count() as u64);
         }
+        if was_established {
+            let body = event_body(&channel_id, &session_id, &member);
+            self.webhooks.event("connection.destroyed", body);
+        }
         if empty {
             drop(reg);
+            self.webhooks.session(
+                "session.destroyed",
+                json!({"channel_id": channel_id, "session_id": session_id}),
+            );
             self.release_later(channel_id);
             return;
         }
@@ -261,6 +288,28 @@ impl Node {
         self.stopping.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
     }
+}
+
+/// The body of an event webhook about `m`.
+fn event_body(channel_id: &str, session_id: &str, m: &Member) -> Value {
+    let mut v = json!({
+        "channel_id": channel_id,
+        "session_id": session_id,
+        "connection_id": m.connection_id,
+        "client_id": m.client_id,
+        "bundle_id": m.bundle_id,
+        "role": m.role.as_str(),
+        "audio": m.audio.is_some() || m.role.receives(),
+        "video": m.video.is_some() || m.role.receives(),
+        "multistream": true,
+        "simulcast": false,
+        "spotlight": false,
+        "minutes": m.created_at.elapsed().map(|d| d.as_secs() / 60).unwrap_or(0),
+    });
+    if let Some(md) = &m.metadata {
+        v["signaling_notify_metadata"] = md.clone();
+    }
+    v
 }
 
 fn notify(event_type: &str, m: &Member, counts: &Value) -> Value {
@@ -338,8 +387,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let media = MediaLink::start(control_ends);
     let identity = DtlsIdentity::generate()?;
-    let cluster = if config.cluster { Some(start_cluster(&config, &license).await?) } else { None };
-    let node = Arc::new(Node::new(config, license, identity, media, cluster));
+    let cluster = if config.cluster {
+        Some(start_cluster(&config, &license).await?)
+    } else {
+        None
+    };
+    let webhooks = Webhooks::new(&config)?;
+    let node = Arc::new(Node::new(
+        config, license, identity, media, cluster, webhooks,
+    ));
 
     let api = crate::api::app(node.clone());
     let sig = crate::api::signaling_app(node.clone());
@@ -401,12 +457,19 @@ async fn start_cluster(config: &Config, license: &License) -> anyhow::Result<Clu
         },
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let mut cc = ClusterConfig::new(config.node_name.clone(), config.listen_address, config.data_dir.clone(), me);
+    let mut cc = ClusterConfig::new(
+        config.node_name.clone(),
+        config.listen_address,
+        config.data_dir.clone(),
+        me,
+    );
     cc.port = config.cluster_listen_port;
     cc.contact_node_name_list = config.contact_node_name_list.clone();
     cc.heartbeat_interval = config.cluster_heartbeat_interval;
     cc.down_after = config.cluster_heartbeat_timeout;
-    Cluster::start(cc).await.map_err(|e| anyhow::anyhow!("cluster: {e}"))
+    Cluster::start(cc)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster: {e}"))
 }
 
 async fn wait_for_stop_signal() {

@@ -28,6 +28,7 @@ use crate::ids;
 use crate::media::{CommandSender, ConnEvent};
 use crate::node::Node;
 use crate::sdp::{self, Codec, Direction, MediaSection, OfferParams, SsrcInfo};
+use crate::webhook::AuthDecision;
 
 /// Close codes this server uses (documented in docs/SIGNALING.md).
 pub mod close {
@@ -86,6 +87,8 @@ pub struct ConnectRequest {
     pub metadata: Option<Value>,
     pub signaling_notify_metadata: Option<Value>,
     pub redirect: bool,
+    /// `sora_client`, `environment`, `libwebrtc`: passed to the auth webhook.
+    pub client_info: serde_json::Map<String, Value>,
 }
 
 /// Parses and validates a `connect` message. The error is the close to send.
@@ -210,9 +213,16 @@ pub fn parse_connect(text: &str, default_video: Codec) -> Result<ConnectRequest,
         bundle_id,
         audio,
         video,
-        metadata: obj.get("metadata").cloned(),
-        signaling_notify_metadata: obj.get("signaling_notify_metadata").cloned(),
+        metadata: obj.get("metadata").filter(|v| !v.is_null()).cloned(),
+        signaling_notify_metadata: obj
+            .get("signaling_notify_metadata")
+            .filter(|v| !v.is_null())
+            .cloned(),
         redirect: matches!(obj.get("redirect"), Some(Value::Bool(true))),
+        client_info: ["sora_client", "environment", "libwebrtc"]
+            .iter()
+            .filter_map(|k| obj.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect(),
     })
 }
 
@@ -231,10 +241,34 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket) {
                     Closing::new(close::NORMAL, "REDIRECT")
                 }
                 Ok(Admission::Here) => {
-                    let mut session = Session::open(node.clone(), req);
-                    let c = session.run(&mut ws).await;
-                    session.finish().await;
-                    c
+                    let connection_id = ids::new_connection_id();
+                    match node
+                        .webhooks
+                        .authorize(auth_request(&req, &connection_id))
+                        .await
+                    {
+                        AuthDecision::Denied(reason) => {
+                            Closing::new(close::FORBIDDEN, format!("AUTH-WEBHOOK-DENIED: {reason}"))
+                        }
+                        AuthDecision::Allowed {
+                            metadata,
+                            client_id,
+                            bundle_id,
+                        } => {
+                            let mut req = req;
+                            if client_id.is_some() {
+                                req.client_id = client_id;
+                            }
+                            if bundle_id.is_some() {
+                                req.bundle_id = bundle_id;
+                            }
+                            let mut session =
+                                Session::open(node.clone(), req, connection_id, metadata);
+                            let c = session.run(&mut ws).await;
+                            session.finish().await;
+                            c
+                        }
+                    }
                 }
             },
         },
@@ -244,6 +278,33 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket) {
         tracing::debug!(code = closing.code, reason = %closing.reason, "signaling closed");
     }
     send_close(&mut ws, &closing).await;
+}
+
+/// The auth webhook's request for a `connect`.
+fn auth_request(req: &ConnectRequest, connection_id: &str) -> Value {
+    let mut v = json!({
+        "channel_id": req.channel_id,
+        "connection_id": connection_id,
+        "client_id": req.client_id.clone().unwrap_or_else(|| connection_id.to_owned()),
+        "bundle_id": req.bundle_id.clone().unwrap_or_else(|| connection_id.to_owned()),
+        "role": req.role.as_str(),
+        "audio": req.audio,
+        "video": req.video.is_some(),
+        "multistream": true,
+        "simulcast": false,
+        "spotlight": false,
+        "redirect": req.redirect,
+    });
+    if let Some(m) = &req.metadata {
+        v["metadata"] = m.clone();
+    }
+    if let Some(c) = req.video {
+        v["video"] = json!({"codec_type": c.codec_type()});
+    }
+    for (k, val) in &req.client_info {
+        v[k] = val.clone();
+    }
+    v
 }
 
 /// What `Node::admit` decided.
@@ -313,13 +374,21 @@ struct Session {
     dtls_conn: Arc<std::sync::Mutex<Option<Arc<webrtc_dtls::conn::DTLSConn>>>>,
     last_pong: Instant,
     opened: Instant,
+    /// `metadata` from the auth webhook, given to the client in its offer.
+    auth_metadata: Option<Value>,
+    /// The channel's `session_id`.
+    session_id_str: String,
 }
 
 impl Session {
     /// Registers the connection in its channel and the data plane.
-    fn open(node: Arc<Node>, req: ConnectRequest) -> Session {
+    fn open(
+        node: Arc<Node>,
+        req: ConnectRequest,
+        connection_id: String,
+        auth_metadata: Option<Value>,
+    ) -> Session {
         let conn = node.new_conn_id();
-        let connection_id = ids::new_connection_id();
         let client_id = req
             .client_id
             .clone()
@@ -356,6 +425,12 @@ impl Session {
             tx,
         };
         let (channel_key, core) = node.join_channel(&req.channel_id, member);
+        let session_id_str = node
+            .registry()
+            .channels
+            .get(&req.channel_id)
+            .map(|c| c.session_id.clone())
+            .unwrap_or_default();
         let cmd = node.media.sender(core);
         let ice_ufrag = ids::ice_token(16);
         let ice_pwd = ids::ice_token(32);
@@ -448,6 +523,8 @@ impl Session {
             dtls_conn,
             last_pong: Instant::now(),
             opened: Instant::now(),
+            auth_metadata,
+            session_id_str,
         }
     }
 
@@ -737,7 +814,7 @@ impl Session {
             "client_id": self.client_id,
             "bundle_id": self.bundle_id,
             "connection_id": self.connection_id,
-            "session_id": self.connection_id,
+            "session_id": self.session_id_str,
             "channel_id": self.req.channel_id,
             "multistream": true,
             "simulcast": false,
@@ -750,7 +827,7 @@ impl Session {
             "mid": Value::Object(mid),
             "version": env!("CARGO_PKG_VERSION"),
         });
-        if let Some(m) = &self.req.metadata {
+        if let Some(m) = &self.auth_metadata {
             offer["metadata"] = m.clone();
         }
         offer

@@ -26,6 +26,10 @@
 //! - The leader releases the channels of an owner it has seen disconnected for
 //!   `channel_owner_down_release` (so within that plus `down_after +
 //!   heartbeat_interval` of the owner's death), and those of non-members at once.
+//! - A member whose own config changed (version after an upgrade, URLs,
+//!   license) updates its membership entry itself once it has a quorum; the
+//!   license rule is checked again then. `block_new_connection` members
+//!   ([`Cluster::set_mode`]) get no new channels.
 //! - Raft timing is derived from `heartbeat_interval`: the Raft heartbeat is
 //!   the same interval and the election timeout is 5–10 × it (the defaults,
 //!   300 ms, give 1.5–3 s elections; tests use 100 ms).
@@ -289,6 +293,11 @@ impl Cluster {
     /// Removes a stopped member and releases its channels.
     pub async fn purge_node(&self, target: String) -> Result<(), ClusterError> {
         self.inner.purge_node(target).await
+    }
+
+    /// Sets a member's mode; `block_new_connection` members get no new channels.
+    pub async fn set_mode(&self, node_name: String, mode: Mode) -> Result<(), ClusterError> {
+        self.inner.set_mode(node_name, mode).await
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {

@@ -105,6 +105,14 @@ pub enum LeaderOp {
     Purge {
         target: String,
     },
+    /// Replace a member's information (URLs, license, version) with `node`'s.
+    UpdateNode {
+        node: MemberNode,
+    },
+    SetMode {
+        node_name: String,
+        mode: super::Mode,
+    },
     /// A linearizable read point: the leader's committed index, confirmed by a quorum.
     ReadIndex,
 }

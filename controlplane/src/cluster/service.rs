@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::rpc::{self, LeaderOp, LeaderReply, PeerClient, Reply, Request};
 use super::state::{check_licenses, pick_owner, Candidate};
 use super::store::{self, LogStore, SmShared, StateMachineStore};
-use super::types::{cluster_addr, node_id_of, Command, MemberNode, NodeId, Raft};
+use super::types::{cluster_addr, node_id_of, Command, MemberNode, Mode, NodeId, Raft};
 use super::{
     ChannelOwner, ChannelView, ClusterConfig, ClusterError, NodeView, OwnerView, RaftStatus,
 };
@@ -38,7 +38,8 @@ pub struct Inner {
     my_id: NodeId,
     raft: Raft,
     sm: Arc<SmShared>,
-    db: Mutex<Weak<Database>>,
+    /// Held so that shutdown can close the store once Raft has let go of it.
+    db: Mutex<Option<Arc<Database>>>,
     election_max: Duration,
     local_connections: AtomicU64,
     /// Liveness observed through heartbeats, by node name.
@@ -98,8 +99,6 @@ impl Inner {
         let sm = SmShared::new(cfg.node_name.clone());
         let sm_store = StateMachineStore::new(db.clone(), sm.clone()).map_err(storage_err)?;
         let log_store = LogStore::new(db.clone());
-        let db_weak = Arc::downgrade(&db);
-        drop(db);
 
         let hb = cfg.heartbeat_interval.as_millis().max(1) as u64;
         let raft_config = Config {
@@ -133,7 +132,7 @@ impl Inner {
             my_id,
             raft,
             sm,
-            db: Mutex::new(db_weak),
+            db: Mutex::new(Some(db)),
             local_connections: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             hb_clients: Mutex::new(HashMap::new()),
@@ -146,6 +145,7 @@ impl Inner {
             tokio::spawn(inner.clone().serve(listener)),
             tokio::spawn(inner.clone().heartbeat_loop()),
             tokio::spawn(inner.clone().release_loop()),
+            tokio::spawn(inner.clone().refresh_self_loop()),
         ];
         lock(&inner.tasks).extend(tasks);
         info!(
@@ -521,6 +521,16 @@ impl Inner {
                 Ok(LeaderReply::Done)
             }
             LeaderOp::Purge { target } => self.remove_member(target).await,
+            LeaderOp::UpdateNode { node } => self.update_member(node).await,
+            LeaderOp::SetMode { node_name, mode } => {
+                let known = self.members().values().any(|m| m.node_name == node_name);
+                if !known {
+                    return Err(ClusterError::UnknownNode { node: node_name });
+                }
+                let cmd = Command::SetMode { node_name, mode };
+                self.raft.client_write(cmd).await.map_err(write_err)?;
+                Ok(LeaderReply::Done)
+            }
             LeaderOp::ReadIndex => {
                 let read = self.raft.ensure_linearizable().await.map_err(|e| match e {
                     RaftError::APIError(_) => ClusterError::NoQuorum,
@@ -587,6 +597,61 @@ impl Inner {
                 .map_err(write_err)?;
         }
         Ok(LeaderReply::Members(self.member_names()))
+    }
+
+    async fn update_member(&self, mut node: MemberNode) -> Result<LeaderReply, ClusterError> {
+        let id = node_id_of(&node.node_name);
+        let members = self.members();
+        let Some(current) = members.get(&id).filter(|m| m.node_name == node.node_name) else {
+            return Err(ClusterError::UnknownNode {
+                node: node.node_name,
+            });
+        };
+        node.member_since = current.member_since;
+        if *current == node {
+            return Ok(LeaderReply::Done);
+        }
+        let licenses = members
+            .iter()
+            .filter(|(mid, _)| **mid != id)
+            .map(|(_, m)| (m.node_name.as_str(), &m.info.license))
+            .chain([(node.node_name.as_str(), &node.info.license)]);
+        check_licenses(licenses)
+            .map_err(|(first, second)| ClusterError::LicenseViolation { first, second })?;
+        info!(node_name = %node.node_name, "updating a member's information");
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+        self.raft
+            .change_membership(change, true)
+            .await
+            .map_err(write_err)?;
+        Ok(LeaderReply::Done)
+    }
+
+    /// Keeps this node's entry in the membership in line with its config
+    /// (after an upgrade, a new license or new URLs).
+    async fn refresh_self_loop(self: Arc<Self>) {
+        let mut stop = self.shutdown_tx.subscribe();
+        let mut tick = tokio::time::interval(self.cfg.heartbeat_interval * 10);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let stale = self
+                .members()
+                .get(&self.my_id)
+                .is_some_and(|m| m.info != self.me.info || m.addr != self.me.addr);
+            if !stale || !self.has_quorum() {
+                continue;
+            }
+            let op = LeaderOp::UpdateNode {
+                node: self.me.clone(),
+            };
+            if let Err(e) = self.leader_call_within(op, self.election_max).await {
+                warn!(error = %e, "could not update this node's cluster information");
+            }
+        }
     }
 
     async fn remove_member(&self, target: String) -> Result<LeaderReply, ClusterError> {
@@ -813,6 +878,18 @@ impl Inner {
         }
     }
 
+    pub async fn set_mode(&self, node_name: String, mode: Mode) -> Result<(), ClusterError> {
+        self.require_initialized()?;
+        cluster_addr(&node_name, self.cfg.port)?;
+        match self
+            .leader_call(LeaderOp::SetMode { node_name, mode })
+            .await?
+        {
+            LeaderReply::Done => Ok(()),
+            other => Err(raft_err(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     pub fn list_nodes(&self) -> Result<Vec<NodeView>, ClusterError> {
         self.require_initialized()?;
         let modes = self.read_applied(|a| a.state.modes.clone());
@@ -918,15 +995,30 @@ impl Inner {
             let _ = task.await;
         }
         lock(&self.hb_clients).clear();
-        // The store closes when its last user (inside Raft) is gone; wait for
-        // that so a restart in the same process can open it again.
-        let db = lock(&self.db).clone();
+        // Close the store once Raft's tasks have let go of it, so that a
+        // restart in the same process can open it again.
+        let Some(mut db) = lock(&self.db).take() else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while db.strong_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if db.strong_count() > 0 {
-            warn!("cluster store still open after shutdown");
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    let closed = tokio::task::spawn_blocking(move || db.close()).await;
+                    if !matches!(closed, Ok(Ok(()))) {
+                        warn!(?closed, "closing the cluster store");
+                    }
+                    break;
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    db = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    warn!("cluster store still in use after shutdown");
+                    break;
+                }
+            }
         }
         info!(node_name = %self.me.node_name, "cluster node stopped");
     }

@@ -513,6 +513,55 @@ async fn shared_license_within_max_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_keeps_state_and_modes() {
+    let dir = TempDir::new("restart-all");
+    let port = free_port();
+    let nodes = three_nodes(&dir, port).await;
+    nodes[0]
+        .set_mode(name(1), Mode::BlockNewConnection)
+        .await
+        .expect("set mode");
+    assert!(matches!(
+        nodes[0].set_mode(name(9), Mode::Normal).await,
+        Err(ClusterError::UnknownNode { .. })
+    ));
+    // A blocked node gets no new channel even when it asks with no load.
+    let owner = nodes[0].acquire_channel("kept", 0).await.expect("acquire");
+    assert_ne!(owner.node_name, name(1));
+    for node in &nodes {
+        node.shutdown().await;
+    }
+
+    // Node 3 comes back upgraded: the others learn its new version.
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let mut cfg = config(i, port, &dir, license(&format!("S{i}")));
+        if i == 3 {
+            cfg.me.version = "upgraded".into();
+        }
+        nodes.push(start(cfg).await);
+    }
+    for node in &nodes {
+        wait_for("the restarted cluster to agree", PATIENCE, || async {
+            let channels = node.list_channels().await.unwrap_or_default();
+            let views = node.list_nodes().await.unwrap_or_default();
+            channels.len() == 1
+                && channels[0].channel_id == "kept"
+                && channels[0].owners[0].node_name == owner.node_name
+                && views.len() == 3
+                && views.iter().all(|v| v.connected)
+                && views[0].mode == "block_new_connection"
+                && views[1].mode == "normal"
+                && views[2].version == "upgraded"
+        })
+        .await;
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_cluster() {
     let dir = TempDir::new("single");
     let port = free_port();

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rtcp::packet::Packet as _;
 use serde::Serialize;
 
 /// Four bytes that open the payload of every packet this client sends.
@@ -43,7 +42,10 @@ pub fn demux(pkt: &[u8]) -> Demux {
 }
 
 pub fn unix_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Writes one plain RTP packet of `size` bytes in total (at least header +
@@ -313,8 +315,13 @@ impl RtcpCounts {
 /// A plain RTCP PLI from `sender_ssrc` about `media_ssrc`.
 pub fn build_pli(sender_ssrc: u32, media_ssrc: u32) -> Vec<u8> {
     use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-    let pli = PictureLossIndication { sender_ssrc, media_ssrc };
-    rtcp::packet::marshal(&[Box::new(pli)]).map(|b| b.to_vec()).unwrap_or_default()
+    let pli = PictureLossIndication {
+        sender_ssrc,
+        media_ssrc,
+    };
+    rtcp::packet::marshal(&[Box::new(pli)])
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
 }
 
 /// A plain RTCP generic NACK for `seqs` of `media_ssrc`.
@@ -332,10 +339,19 @@ pub fn build_nack(sender_ssrc: u32, media_ssrc: u32, seqs: &[u16]) -> Vec<u8> {
                 continue;
             }
         }
-        nacks.push(NackPair { packet_id: s, lost_packets: 0 });
+        nacks.push(NackPair {
+            packet_id: s,
+            lost_packets: 0,
+        });
     }
-    let nack = TransportLayerNack { sender_ssrc, media_ssrc, nacks };
-    rtcp::packet::marshal(&[Box::new(nack)]).map(|b| b.to_vec()).unwrap_or_default()
+    let nack = TransportLayerNack {
+        sender_ssrc,
+        media_ssrc,
+        nacks,
+    };
+    rtcp::packet::marshal(&[Box::new(nack)])
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
 }
 
 /// Everything received, per SSRC.
@@ -355,14 +371,19 @@ impl Receiver {
             self.malformed += 1;
             return;
         };
-        self.tracks
-            .entry(h.ssrc)
-            .or_default()
-            .on_packet(&h, plain.len(), &plain[h.payload_offset..], now_us);
+        self.tracks.entry(h.ssrc).or_default().on_packet(
+            &h,
+            plain.len(),
+            &plain[h.payload_offset..],
+            now_us,
+        );
     }
 
     pub fn stats(&self) -> BTreeMap<u32, TrackStats> {
-        self.tracks.iter().map(|(k, v)| (*k, v.stats.clone())).collect()
+        self.tracks
+            .iter()
+            .map(|(k, v)| (*k, v.stats.clone()))
+            .collect()
     }
 }
 
@@ -371,7 +392,14 @@ mod tests {
     use super::*;
 
     fn hdr(seq: u16) -> RtpHeader {
-        RtpHeader { marker: false, payload_type: 96, seq, timestamp: 0, ssrc: 1, payload_offset: 12 }
+        RtpHeader {
+            marker: false,
+            payload_type: 96,
+            seq,
+            timestamp: 0,
+            ssrc: 1,
+            payload_offset: 12,
+        }
     }
 
     #[test]
@@ -391,7 +419,10 @@ mod tests {
         let p = build_rtp(98, 65535, 123456, 0xDEADBEEF, 7, 99, 1000);
         assert_eq!(p.len(), 1000);
         let h = parse_rtp(&p).unwrap();
-        assert_eq!((h.payload_type, h.seq, h.timestamp, h.ssrc), (98, 65535, 123456, 0xDEADBEEF));
+        assert_eq!(
+            (h.payload_type, h.seq, h.timestamp, h.ssrc),
+            (98, 65535, 123456, 0xDEADBEEF)
+        );
         assert_eq!(parse_marker(&p[h.payload_offset..]), Some((7, 99)));
         // Minimum size still holds the marker.
         assert_eq!(build_rtp(96, 0, 0, 0, 0, 0, 0).len(), 12 + MARKER_LEN);
@@ -432,7 +463,14 @@ mod tests {
         let p = build_rtp(96, 1, 0, 1, 0, 1_000, 100);
         let h = parse_rtp(&p).unwrap();
         t.on_packet(&h, p.len(), &p[h.payload_offset..], 1_500);
-        assert_eq!((t.stats.marked, t.stats.latency_max_us, t.stats.mean_latency_us()), (1, 500, 500));
+        assert_eq!(
+            (
+                t.stats.marked,
+                t.stats.latency_max_us,
+                t.stats.mean_latency_us()
+            ),
+            (1, 500, 500)
+        );
     }
 
     #[test]

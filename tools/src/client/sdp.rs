@@ -129,7 +129,9 @@ impl Offer {
         self.sections
             .iter()
             .flat_map(|s| s.candidates.iter())
-            .find(|c| c.typ == "host" && c.transport.eq_ignore_ascii_case("udp") && c.component == 1)
+            .find(|c| {
+                c.typ == "host" && c.transport.eq_ignore_ascii_case("udp") && c.component == 1
+            })
             .map(|c| c.addr)
     }
 
@@ -153,12 +155,17 @@ impl std::fmt::Display for SdpError {
 impl std::error::Error for SdpError {}
 
 fn err(line: usize, reason: impl Into<String>) -> SdpError {
-    SdpError { line, reason: reason.into() }
+    SdpError {
+        line,
+        reason: reason.into(),
+    }
 }
 
 fn parse_pt_value(line: usize, arg: &str) -> Result<(u8, String), SdpError> {
     let (pt, rest) = arg.split_once(' ').unwrap_or((arg, ""));
-    let pt = pt.parse::<u8>().map_err(|_| err(line, format!("bad payload type in {arg:?}")))?;
+    let pt = pt
+        .parse::<u8>()
+        .map_err(|_| err(line, format!("bad payload type in {arg:?}")))?;
     Ok((pt, rest.trim().to_owned()))
 }
 
@@ -167,13 +174,21 @@ fn parse_candidate(line: usize, arg: &str) -> Result<Candidate, SdpError> {
     if f.len() < 8 || f[6] != "typ" {
         return Err(err(line, format!("bad candidate {arg:?}")));
     }
-    let ip: IpAddr = f[4].parse().map_err(|_| err(line, format!("bad candidate address {:?}", f[4])))?;
-    let port: u16 = f[5].parse().map_err(|_| err(line, format!("bad candidate port {:?}", f[5])))?;
+    let ip: IpAddr = f[4]
+        .parse()
+        .map_err(|_| err(line, format!("bad candidate address {:?}", f[4])))?;
+    let port: u16 = f[5]
+        .parse()
+        .map_err(|_| err(line, format!("bad candidate port {:?}", f[5])))?;
     Ok(Candidate {
         foundation: f[0].to_owned(),
-        component: f[1].parse().map_err(|_| err(line, "bad candidate component"))?,
+        component: f[1]
+            .parse()
+            .map_err(|_| err(line, "bad candidate component"))?,
         transport: f[2].to_owned(),
-        priority: f[3].parse().map_err(|_| err(line, "bad candidate priority"))?,
+        priority: f[3]
+            .parse()
+            .map_err(|_| err(line, "bad candidate priority"))?,
         addr: SocketAddr::new(ip, port),
         typ: f[7].to_owned(),
     })
@@ -223,10 +238,15 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, SdpError> {
                 if f.len() < 3 {
                     return Err(err(n, format!("bad m-line {v:?}")));
                 }
-                let port = f[1].parse().map_err(|_| err(n, format!("bad m-line port {:?}", f[1])))?;
+                let port = f[1]
+                    .parse()
+                    .map_err(|_| err(n, format!("bad m-line port {:?}", f[1])))?;
                 let mut pts = Vec::new();
                 for p in &f[3..] {
-                    pts.push(p.parse::<u8>().map_err(|_| err(n, format!("bad payload type {p:?}")))?);
+                    pts.push(
+                        p.parse::<u8>()
+                            .map_err(|_| err(n, format!("bad payload type {p:?}")))?,
+                    );
                 }
                 offer.sections.push(OfferSection {
                     kind: f[0].to_owned(),
@@ -287,11 +307,16 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, SdpError> {
                     }
                     "ssrc" => {
                         let (id, rest) = arg.split_once(' ').unwrap_or((arg, ""));
-                        let ssrc: u32 = id.parse().map_err(|_| err(n, format!("bad ssrc {id:?}")))?;
+                        let ssrc: u32 =
+                            id.parse().map_err(|_| err(n, format!("bad ssrc {id:?}")))?;
                         let idx = match sec.ssrcs.iter().position(|s| s.ssrc == ssrc) {
                             Some(i) => i,
                             None => {
-                                sec.ssrcs.push(SsrcLine { ssrc, cname: None, msid: None });
+                                sec.ssrcs.push(SsrcLine {
+                                    ssrc,
+                                    cname: None,
+                                    msid: None,
+                                });
                                 sec.ssrcs.len() - 1
                             }
                         };
@@ -301,7 +326,8 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, SdpError> {
                         } else if let Some(m) = rest.strip_prefix("msid:") {
                             let mut f = m.split_whitespace();
                             if let Some(s) = f.next() {
-                                entry.msid = Some((s.to_owned(), f.next().unwrap_or("").to_owned()));
+                                entry.msid =
+                                    Some((s.to_owned(), f.next().unwrap_or("").to_owned()));
                             }
                         }
                     }
@@ -515,10 +541,16 @@ a=rtpmap:45 AV1/90000\r\n";
         assert_eq!(o.ice_pwd, "SrvPwd0123456789012345678901234");
         assert_eq!(o.fingerprint, ("sha-256".into(), "AA:BB:CC".into()));
         assert_eq!(o.bundle, ["0", "1", "2", "3"]);
-        assert_eq!(o.host_candidate(), Some("127.0.0.61:50061".parse().unwrap()));
+        assert_eq!(
+            o.host_candidate(),
+            Some("127.0.0.61:50061".parse().unwrap())
+        );
         assert_eq!(o.sections.len(), 4);
         let s = &o.sections[1];
-        assert_eq!((s.kind.as_str(), s.mid.as_str(), s.direction), ("video", "1", Direction::RecvOnly));
+        assert_eq!(
+            (s.kind.as_str(), s.mid.as_str(), s.direction),
+            ("video", "1", Direction::RecvOnly)
+        );
         assert_eq!(s.payload_types, [98]);
         assert_eq!(s.codec_name(), Some("VP9"));
         assert_eq!(s.clock_rate(), 90_000);
@@ -528,7 +560,10 @@ a=rtpmap:45 AV1/90000\r\n";
         assert_eq!(f.ssrcs.len(), 1);
         assert_eq!(f.ssrcs[0].ssrc, 3_000_000_000);
         assert_eq!(f.ssrcs[0].cname.as_deref(), Some("PUBCONN"));
-        assert_eq!(f.ssrcs[0].msid, Some(("PUBCONN".into(), "video-PUB".into())));
+        assert_eq!(
+            f.ssrcs[0].msid,
+            Some(("PUBCONN".into(), "video-PUB".into()))
+        );
         assert_eq!(f.msid, Some(("PUBCONN".into(), "video-PUB".into())));
         assert_eq!(o.sections[3].direction, Direction::Inactive);
     }
@@ -589,8 +624,11 @@ a=rtpmap:45 AV1/90000\r\n";
 
     #[test]
     fn rejected_section_stays_rejected() {
-        let o = parse_offer(&OFFER.replace("m=video 50061 UDP/TLS/RTP/SAVPF 45", "m=video 0 UDP/TLS/RTP/SAVPF 45"))
-            .unwrap();
+        let o = parse_offer(&OFFER.replace(
+            "m=video 50061 UDP/TLS/RTP/SAVPF 45",
+            "m=video 0 UDP/TLS/RTP/SAVPF 45",
+        ))
+        .unwrap();
         let a = build_answer(&o, &params());
         assert!(a.contains("a=group:BUNDLE 0 1 2\r\n"));
         assert!(a.contains("m=video 0 UDP/TLS/RTP/SAVPF 45\r\n"));
@@ -619,7 +657,9 @@ a=rtpmap:45 AV1/90000\r\n";
     /// The server's offer builder's output parses here.
     #[test]
     fn parses_server_built_offer() {
-        use controlplane::sdp::{build_offer, Codec, Direction as SrvDir, MediaSection, OfferParams, SsrcInfo};
+        use controlplane::sdp::{
+            build_offer, Codec, Direction as SrvDir, MediaSection, OfferParams, SsrcInfo,
+        };
         use shared::MediaKind;
         let p = OfferParams {
             session_id: 1,
@@ -630,19 +670,33 @@ a=rtpmap:45 AV1/90000\r\n";
             candidate_ip: "127.0.0.61".parse().unwrap(),
             candidate_port: 50061,
             sections: vec![
-                MediaSection { mid: "0".into(), kind: MediaKind::Video, direction: SrvDir::RecvOnly, codec: Codec::Vp8, ssrc: None },
+                MediaSection {
+                    mid: "0".into(),
+                    kind: MediaKind::Video,
+                    direction: SrvDir::RecvOnly,
+                    codec: Codec::Vp8,
+                    ssrc: None,
+                },
                 MediaSection {
                     mid: "1".into(),
                     kind: MediaKind::Video,
                     direction: SrvDir::SendOnly,
                     codec: Codec::Vp8,
-                    ssrc: Some(SsrcInfo { ssrc: 77, cname: "c".into(), stream_id: "s".into(), track_id: "t".into() }),
+                    ssrc: Some(SsrcInfo {
+                        ssrc: 77,
+                        cname: "c".into(),
+                        stream_id: "s".into(),
+                        track_id: "t".into(),
+                    }),
                 },
             ],
         };
         let o = parse_offer(&build_offer(&p)).unwrap();
         assert_eq!(o.version, 3);
-        assert_eq!(o.host_candidate(), Some("127.0.0.61:50061".parse().unwrap()));
+        assert_eq!(
+            o.host_candidate(),
+            Some("127.0.0.61:50061".parse().unwrap())
+        );
         assert_eq!(o.sections[0].direction, Direction::RecvOnly);
         assert_eq!(o.sections[0].payload_types, [96]);
         assert_eq!(o.sections[1].ssrcs[0].ssrc, 77);

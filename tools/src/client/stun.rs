@@ -61,7 +61,11 @@ impl BindingRequest<'_> {
         let username = format!("{}:{}", self.remote_ufrag, self.local_ufrag);
         write_attribute(&mut out, ATTR_USERNAME, username.as_bytes());
         write_attribute(&mut out, ATTR_PRIORITY, &self.priority.to_be_bytes());
-        write_attribute(&mut out, ATTR_ICE_CONTROLLING, &self.tie_breaker.to_be_bytes());
+        write_attribute(
+            &mut out,
+            ATTR_ICE_CONTROLLING,
+            &self.tie_breaker.to_be_bytes(),
+        );
         if self.use_candidate {
             write_attribute(&mut out, ATTR_USE_CANDIDATE, &[]);
         }
@@ -86,7 +90,7 @@ pub fn write_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     let body = out.len() - HEADER_LEN;
@@ -169,7 +173,7 @@ pub fn parse(pkt: &[u8], key: Option<&[u8]>) -> Result<Parsed, StunError> {
         return Err(StunError::NotStun);
     }
     let body_len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
-    if body_len % 4 != 0 || HEADER_LEN + body_len != pkt.len() {
+    if !body_len.is_multiple_of(4) || HEADER_LEN + body_len != pkt.len() {
         return Err(StunError::Truncated);
     }
     let mut transaction_id = [0u8; 12];
@@ -386,7 +390,8 @@ mod tests {
         assert_eq!(s.local_ufrag(), Some(&b"SRVUFRAG"[..]));
         assert!(s.use_candidate);
         assert!(s.has_fingerprint);
-        s.verify_integrity(b"server-password-0123456789").expect("integrity verifies");
+        s.verify_integrity(b"server-password-0123456789")
+            .expect("integrity verifies");
         assert!(s.verify_integrity(b"other").is_err());
     }
 
