@@ -32,7 +32,7 @@ fn send_dtls_1200() -> Command {
 /// machine a side waiting for the other does not burn the other's time slice.
 fn backoff(spins: &mut u32) {
     *spins = spins.wrapping_add(1);
-    if *spins & 63 == 0 {
+    if spins.is_multiple_of(64) {
         thread::yield_now();
     } else {
         std::hint::spin_loop();

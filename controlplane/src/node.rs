@@ -105,12 +105,30 @@ impl Node {
     }
 
     /// Decides whether a `connect` is served here.
-    pub async fn admit(&self, _req: &ConnectRequest) -> Result<Admission, Closing> {
+    pub async fn admit(&self, req: &ConnectRequest) -> Result<Admission, Closing> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(Closing::new(
                 close::UNAVAILABLE,
                 "NODE-STOPPING: the node is shutting down",
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if !cluster.has_quorum() {
+                return Err(Closing::new(
+                    close::UNAVAILABLE,
+                    "NO-QUORUM: this node cannot reach a majority of the cluster",
+                ));
+            }
+            let local = self.registry().connection_count() as u64;
+            let owner = cluster
+                .acquire_channel(&req.channel_id, local)
+                .await
+                .map_err(|e| {
+                    Closing::new(close::UNAVAILABLE, format!("CLUSTER-UNAVAILABLE: {e}"))
+                })?;
+            if !owner.is_me {
+                return Ok(Admission::Redirect(owner.external_signaling_url));
+            }
         }
         let max = self.license.max_connections;
         if self.registry().connection_count() as u64 >= max {

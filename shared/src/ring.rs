@@ -130,9 +130,7 @@ impl ControlEnd {
     /// The next event, `None` if there is none now, or the error of a record
     /// that does not decode (the record is consumed either way).
     pub fn recv(&mut self) -> Option<Result<Event, DecodeError>> {
-        self.events
-            .pop_with(Event::decode)
-            .map(|r| r.and_then(|decoded| decoded))
+        self.events.pop_with(Event::decode).map(Result::flatten)
     }
 
     /// Hands the next event's raw record (`[version][tag][payload]`) to `f`
@@ -164,9 +162,7 @@ impl CoreEnd {
     /// The next command, `None` if there is none now, or the error of a
     /// record that does not decode (the record is consumed either way).
     pub fn recv(&mut self) -> Option<Result<Command, DecodeError>> {
-        self.commands
-            .pop_with(Command::decode)
-            .map(|r| r.and_then(|decoded| decoded))
+        self.commands.pop_with(Command::decode).map(Result::flatten)
     }
 
     /// Queues `ev` for the control plane, or returns [`RingFull`] having
@@ -349,7 +345,7 @@ impl Ring {
     fn with_mapping(map: Mapping, capacity: usize) -> Arc<Ring> {
         assert!(
             map.len == HEADER_LEN + capacity
-                && capacity % ALIGN == 0
+                && capacity.is_multiple_of(ALIGN)
                 && capacity >= MIN_RING_CAPACITY,
             "ring mapping of {} bytes for capacity {capacity}",
             map.len
@@ -365,7 +361,7 @@ impl Ring {
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at % 8 == 0 && at + 8 <= HEADER_LEN);
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= HEADER_LEN);
         // SAFETY: `at` is a fixed 8-aligned offset inside the header of a
         // page-aligned mapping that lives as long as `self`. AtomicU64 has the
         // layout of u64, and header words are only ever accessed atomically.
@@ -667,7 +663,7 @@ mod tests {
 
     fn backoff(spins: &mut u32) {
         *spins += 1;
-        if *spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
@@ -948,7 +944,7 @@ mod tests {
         while next_ev < N {
             let mut progress = false;
             if next_cmd < N {
-                let cmd = if next_cmd % 1000 == 0 {
+                let cmd = if next_cmd.is_multiple_of(1000) {
                     dtls(next_cmd, (next_cmd % 1500) as usize)
                 } else {
                     subscribe(next_cmd)

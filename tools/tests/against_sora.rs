@@ -366,3 +366,69 @@ async fn feedback_and_signaling_details() {
     })
     .await;
 }
+
+/// Two `sendrecv` clients each receive the other's tracks and not their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sendrecv_clients_see_each_other() {
+    let node = Sora::start("127.0.0.65", 15065, 13065, 50065)
+        .await
+        .expect("sora starts");
+    with_log(&node, async {
+        let ch = "tools-e2e-sendrecv";
+        let mut a = Client::connect(opts(&node, Role::SendRecv, ch)).await?;
+        a.wait_established(T).await.context("a")?;
+        let mut b = Client::connect(opts(&node, Role::SendRecv, ch)).await?;
+        b.wait_established(T).await.context("b")?;
+        let (a_id, b_id) = (
+            a.connection_id().context("a id")?,
+            b.connection_id().context("b id")?,
+        );
+        assert_eq!(
+            b.state()
+                .remote_tracks()
+                .iter()
+                .filter(|t| t.stream_id == a_id)
+                .count(),
+            2
+        );
+        a.wait_for("a re-offered b's tracks", T, |_, s| {
+            s.remote_tracks()
+                .iter()
+                .filter(|t| t.stream_id == b_id)
+                .count()
+                == 2
+        })
+        .await?;
+        a.start_sending(SendPlan { pps: 50, size: 300 });
+        b.start_sending(SendPlan { pps: 50, size: 300 });
+        for (name, c, other) in [("a", &a, &b_id), ("b", &b, &a_id)] {
+            let ssrcs: Vec<u32> = c
+                .state()
+                .remote_tracks()
+                .iter()
+                .filter(|t| &t.stream_id == other)
+                .map(|t| t.ssrc)
+                .collect();
+            c.wait_for(
+                &format!("{name} receives 50 packets per track"),
+                T,
+                |c, _| {
+                    let r = c.recv_stats();
+                    ssrcs
+                        .iter()
+                        .all(|s| r.get(s).is_some_and(|t| t.packets >= 50))
+                },
+            )
+            .await?;
+            let own: Vec<u32> = c.state().send_tracks.iter().map(|t| t.ssrc).collect();
+            assert!(
+                c.recv_stats().keys().all(|s| !own.contains(s)),
+                "{name} got its own packets back"
+            );
+        }
+        a.stop_sending();
+        b.stop_sending();
+        Ok(())
+    })
+    .await;
+}

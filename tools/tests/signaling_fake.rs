@@ -191,7 +191,7 @@ async fn redirect_offer_reoffer_ping_close() {
         .wait_for("close", Duration::from_secs(5), |_, s| s.closed.is_some())
         .await
         .expect("close recorded");
-    let closed = st.closed.unwrap();
+    let closed = st.closed.clone().unwrap();
     assert_eq!(
         (closed.code, closed.reason.as_str()),
         (4410, "ICE-CONSENT-EXPIRED")

@@ -300,7 +300,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     });
     if let Some(f) = forwarded_delta {
         report["server_rtp_forwarded"] = json!(f);
-        report["server_forwarded_pps"] = json!(f as f64 / elapsed_s);
+        report["server_forwarded_pps"] = json!(f as f64 / send_s);
     }
     if let Some(c) = server_cpu {
         report["server_cpu_s"] = json!(c);
