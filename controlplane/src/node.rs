@@ -276,6 +276,27 @@ impl Node {
         });
     }
 
+    /// The cluster gave `channel_id` to another node (this node was taken for
+    /// dead): stop forwarding it and close its connections so that the clients
+    /// reconnect and are redirected to the new owner.
+    fn channel_lost(&self, channel_id: &str) {
+        let reg = self.registry();
+        let Some(ch) = reg.channels.get(channel_id) else {
+            return;
+        };
+        tracing::info!(%channel_id, "channel no longer owned by this node: closing its connections");
+        self.media.sender(ch.core).send(Command::SetChannelOwned {
+            channel: ch.key,
+            owned: false,
+        });
+        for m in ch.members.values() {
+            let _ = m.tx.send(SessionMsg::Close {
+                code: close::UNAVAILABLE,
+                reason: "CHANNEL-MOVED: the cluster gave this channel to another node".to_owned(),
+            });
+        }
+    }
+
     /// Closes every session of the channel (or one connection) with a reason.
     pub fn close_connections(
         &self,
@@ -414,6 +435,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(
         config, license, identity, media, cluster, webhooks,
     ));
+    watch_ownership(&node);
 
     let api = crate::api::app(node.clone());
     let sig = crate::api::signaling_app(node.clone());
@@ -461,6 +483,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || dataplane.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Follows the channels this node owns in the cluster. Only a channel that
+/// leaves the owned set matters: one that joins it was acquired by `admit`.
+fn watch_ownership(node: &Arc<Node>) {
+    let Some(cluster) = node.cluster.clone() else {
+        return;
+    };
+    let node = Arc::downgrade(node);
+    let mut rx = cluster.owned_channels();
+    tokio::spawn(async move {
+        let mut prev = rx.borrow_and_update().clone();
+        while rx.changed().await.is_ok() {
+            let cur = rx.borrow_and_update().clone();
+            let Some(node) = node.upgrade() else { return };
+            for lost in prev.difference(&cur) {
+                node.channel_lost(lost);
+            }
+            prev = cur;
+        }
+    });
 }
 
 async fn start_cluster(config: &Config, license: &License) -> anyhow::Result<Cluster> {

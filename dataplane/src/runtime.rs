@@ -5,17 +5,22 @@
 //! 1. drain commands from the `CoreEnd` (`Shutdown` ends the loop);
 //! 2. fire the core's timer when due;
 //! 3. wait for a datagram at most until the next timer and at most ~1 ms (the
-//!    ring has no doorbell, so it is polled), then drain what else is queued
-//!    with non-blocking reads (up to [`RECV_BATCH`]);
-//! 4. send what the core queued (non-blocking `sendto`, falling back to an
-//!    io_uring send when the socket buffer is full) and hand events to the
-//!    ring; an event that does not fit is dropped and counted, the packet path
-//!    never waits for the control plane.
+//!    ring has no doorbell, so it is polled; the wait is an io_uring receive,
+//!    so an idle core sleeps), then drain what else is queued with
+//!    non-blocking reads (up to [`RECV_BATCH`]);
+//! 4. send what the core queued (non-blocking, falling back to an io_uring
+//!    send when the socket buffer is full) and hand events to the ring; an
+//!    event that does not fit is dropped and counted, the packet path never
+//!    waits for the control plane.
+//!
+//! The non-blocking reads and writes are either one system call per datagram
+//! (`recvfrom` / `sendto`) or batched (`recvmmsg` / `sendmmsg`), see [`UdpIo`];
+//! docs/PERFORMANCE.md has the measurement behind the default.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use glommio::net::UdpSocket;
@@ -39,6 +44,11 @@ const RING_POLL: Duration = Duration::from_millis(1);
 /// Datagrams read without waiting after one arrived, before the loop goes
 /// back to commands, timers and sends.
 const RECV_BATCH: usize = 64;
+/// Datagrams handed to the kernel per `sendmmsg`.
+const SEND_BATCH: usize = 64;
+/// Receive slot per datagram in the batched path. Media datagrams fit an MTU;
+/// a longer one is truncated by the kernel and dropped.
+const RECV_SLOT: usize = 2048;
 /// Commands taken from the ring per turn of the loop.
 const COMMAND_BATCH: usize = 256;
 const MAX_DATAGRAM: usize = 65_536;
@@ -56,6 +66,18 @@ pub struct DataPlaneConfig {
     /// Pin executor `i` to the `i`-th online CPU when it exists.
     pub pin: bool,
     pub consent_timeout: Duration,
+}
+
+/// How the loop moves datagrams between its socket and its core once one has
+/// arrived (the wait for the first is an io_uring receive either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UdpIo {
+    /// One `recvfrom` / `sendto` system call per datagram.
+    PerDatagram,
+    /// `recvmmsg` / `sendmmsg`: up to [`RECV_BATCH`] / [`SEND_BATCH`]
+    /// datagrams per system call.
+    #[default]
+    Batched,
 }
 
 /// Why the data plane did not start.
@@ -125,6 +147,15 @@ impl DataPlane {
 /// Binds every core's socket, then starts one executor per core. Returns once
 /// every executor runs; a failure stops the ones already started.
 pub fn start(config: DataPlaneConfig, links: Vec<CoreEnd>) -> Result<DataPlane, StartError> {
+    start_with_io(config, links, UdpIo::default())
+}
+
+/// [`start`] with a chosen socket I/O strategy (benchmarks compare them).
+pub fn start_with_io(
+    config: DataPlaneConfig,
+    links: Vec<CoreEnd>,
+    io: UdpIo,
+) -> Result<DataPlane, StartError> {
     if config.cores == 0 {
         return Err(StartError::NoCores);
     }
@@ -187,7 +218,7 @@ pub fn start(config: DataPlaneConfig, links: Vec<CoreEnd>) -> Result<DataPlane, 
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
                 let _ = ready_tx.send(());
-                run(i as u16, socket, link, core_config, abort_flag).await;
+                run(i as u16, socket, link, core_config, abort_flag, io).await;
             });
         let failure = match spawned {
             Ok(handle) => {
@@ -212,7 +243,7 @@ pub fn start(config: DataPlaneConfig, links: Vec<CoreEnd>) -> Result<DataPlane, 
             reason: failure,
         });
     }
-    info!(ports = ?ports, pinned = !cpus.is_empty(), "data plane started");
+    info!(ports = ?ports, pinned = !cpus.is_empty(), ?io, "data plane started");
     Ok(DataPlane { ports, handles })
 }
 
@@ -233,7 +264,14 @@ fn bind(address: SocketAddr) -> io::Result<Socket> {
 }
 
 /// The loop of one data-plane core.
-async fn run(index: u16, socket: Socket, mut link: CoreEnd, config: CoreConfig, abort: AbortFlag) {
+async fn run(
+    index: u16,
+    socket: Socket,
+    mut link: CoreEnd,
+    config: CoreConfig,
+    abort: AbortFlag,
+    io: UdpIo,
+) {
     // The socket2 handle does the non-blocking reads and writes; the glommio
     // socket (a dup of the same file) waits through io_uring when idle.
     let waiter = match socket.try_clone() {
@@ -248,7 +286,11 @@ async fn run(index: u16, socket: Socket, mut link: CoreEnd, config: CoreConfig, 
     };
     let mut core = Core::new(index, config);
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    debug!(core = index, "data-plane loop running");
+    let mut batch = match io {
+        UdpIo::PerDatagram => None,
+        UdpIo::Batched => Some((RecvBatch::new(), SendBatch::new())),
+    };
+    debug!(core = index, ?io, "data-plane loop running");
     loop {
         if drain_commands(&mut core, &mut link) || abort.load(std::sync::atomic::Ordering::Relaxed)
         {
@@ -258,7 +300,10 @@ async fn run(index: u16, socket: Socket, mut link: CoreEnd, config: CoreConfig, 
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now);
         }
-        flush(&mut core, &socket, &waiter, &mut link).await;
+        match batch.as_mut() {
+            None => flush(&mut core, &socket, &waiter, &mut link).await,
+            Some((_, tx)) => flush_batched(&mut core, tx, &socket, &waiter, &mut link).await,
+        }
 
         let wait = core
             .poll_timeout()
@@ -268,12 +313,25 @@ async fn run(index: u16, socket: Socket, mut link: CoreEnd, config: CoreConfig, 
         match waiter.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 core.handle_datagram(Instant::now(), from, &mut buf[..n]);
-                for _ in 0..RECV_BATCH {
-                    match try_recv(&socket, &mut buf) {
-                        Some((n, from)) => {
-                            core.handle_datagram(Instant::now(), from, &mut buf[..n])
+                match batch.as_mut() {
+                    None => {
+                        for _ in 0..RECV_BATCH {
+                            match try_recv(&socket, &mut buf) {
+                                Some((n, from)) => {
+                                    core.handle_datagram(Instant::now(), from, &mut buf[..n])
+                                }
+                                None => break,
+                            }
                         }
-                        None => break,
+                    }
+                    Some((rx, _)) => {
+                        let got = rx.recv(socket.as_raw_fd(), RECV_BATCH);
+                        let now = Instant::now();
+                        for i in 0..got {
+                            if let Some((from, pkt)) = rx.datagram(i) {
+                                core.handle_datagram(now, from, pkt);
+                            }
+                        }
                     }
                 }
             }
@@ -287,7 +345,10 @@ async fn run(index: u16, socket: Socket, mut link: CoreEnd, config: CoreConfig, 
                 }
             }
         }
-        flush(&mut core, &socket, &waiter, &mut link).await;
+        match batch.as_mut() {
+            None => flush(&mut core, &socket, &waiter, &mut link).await,
+            Some((_, tx)) => flush_batched(&mut core, tx, &socket, &waiter, &mut link).await,
+        }
     }
     debug!(core = index, "data-plane loop stopped");
 }
@@ -322,9 +383,241 @@ async fn flush(core: &mut Core, socket: &Socket, waiter: &UdpSocket, link: &mut 
             Err(e) => trace!(error = %e, dest = %t.destination, "send failed"),
         }
     }
+    drain_events(core, link);
+}
+
+/// Hands every event to the ring.
+fn drain_events(core: &mut Core, link: &mut CoreEnd) {
     while let Some(ev) = core.poll_event() {
         if link.send(&ev).is_err() {
             core.count_dropped_event();
+        }
+    }
+}
+
+/// [`flush`] with `sendmmsg`: the queued datagrams are copied into `tx` (the
+/// core hands them out one at a time) and sent [`SEND_BATCH`] per call.
+async fn flush_batched(
+    core: &mut Core,
+    tx: &mut SendBatch,
+    socket: &Socket,
+    waiter: &UdpSocket,
+    link: &mut CoreEnd,
+) {
+    loop {
+        tx.clear();
+        while tx.len() < SEND_BATCH {
+            match core.poll_transmit() {
+                Some(t) => tx.push(t.destination, t.contents),
+                None => break,
+            }
+        }
+        if tx.len() == 0 {
+            break;
+        }
+        let mut next = 0;
+        while next < tx.len() {
+            match tx.send(socket.as_raw_fd(), next) {
+                Ok(sent) => next += sent,
+                Err(e) => {
+                    let (dest, contents) = tx.get(next);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        // The socket buffer is full: wait for room through
+                        // io_uring with this datagram, then batch again.
+                        if let Err(e) = waiter.send_to(contents, dest).await {
+                            trace!(error = %e, "send failed");
+                        }
+                    } else {
+                        // Only the first datagram of a call reports its error.
+                        trace!(error = %e, dest = %dest, "send failed");
+                    }
+                    next += 1;
+                }
+            }
+        }
+    }
+    drain_events(core, link);
+}
+
+/// Receive slots and headers for `recvmmsg`, reused by every call.
+struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        // SAFETY: all-zero bytes are valid values of these plain C structs.
+        let zeroed_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let zeroed_msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        RecvBatch {
+            bufs: vec![0; RECV_BATCH * RECV_SLOT],
+            addrs: vec![zeroed_addr; RECV_BATCH],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                RECV_BATCH
+            ],
+            msgs: vec![zeroed_msg; RECV_BATCH],
+        }
+    }
+
+    /// Reads up to `max` queued datagrams without waiting; returns how many.
+    fn recv(&mut self, fd: RawFd, max: usize) -> usize {
+        let n = max.min(RECV_BATCH);
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i * RECV_SLOT..].as_mut_ptr().cast(),
+                iov_len: RECV_SLOT,
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: `msgs[..n]` point at `n` live iovecs, slots of `RECV_SLOT`
+        // bytes and address buffers of the advertised lengths, all owned by
+        // `self` and not moved during the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        usize::try_from(got).unwrap_or(0)
+    }
+
+    /// The `i`-th datagram of the last [`recv`](Self::recv); `None` when it
+    /// was truncated or its source is not an IP address.
+    fn datagram(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8])> {
+        let msg = &self.msgs[i];
+        if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            trace!("datagram longer than {RECV_SLOT} bytes dropped");
+            return None;
+        }
+        let len = (msg.msg_len as usize).min(RECV_SLOT);
+        let from = socket_addr(&self.addrs[i], msg.msg_hdr.msg_namelen)?;
+        Some((from, &mut self.bufs[i * RECV_SLOT..i * RECV_SLOT + len]))
+    }
+}
+
+/// The IP address and port the kernel wrote into `storage`.
+fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`, the
+            // length says it was written, and the storage is large and
+            // aligned enough for any socket address.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Datagrams staged for `sendmmsg`: contents packed in one buffer.
+struct SendBatch {
+    data: Vec<u8>,
+    items: Vec<(SocketAddr, SockAddr, usize, usize)>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    fn new() -> Self {
+        SendBatch {
+            data: Vec::with_capacity(SEND_BATCH * 1500),
+            items: Vec::with_capacity(SEND_BATCH),
+            iovs: Vec::with_capacity(SEND_BATCH),
+            msgs: Vec::with_capacity(SEND_BATCH),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push(&mut self, dest: SocketAddr, contents: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(contents);
+        self.items
+            .push((dest, SockAddr::from(dest), start, contents.len()));
+    }
+
+    fn get(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let (dest, _, start, len) = &self.items[i];
+        (*dest, &self.data[*start..*start + *len])
+    }
+
+    /// Sends the staged datagrams from `from` on without waiting; returns how
+    /// many the kernel took (at least one), or the error of the first.
+    fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        self.iovs.clear();
+        self.msgs.clear();
+        let base = self.data.as_mut_ptr();
+        for (_, addr, start, len) in &self.items[from..] {
+            self.iovs.push(libc::iovec {
+                // SAFETY: `start` is within `data` (pushed above).
+                iov_base: unsafe { base.add(*start) }.cast(),
+                iov_len: *len,
+            });
+            // SAFETY: all-zero bytes are a valid `mmsghdr`.
+            let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            msg.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            msg.msg_hdr.msg_namelen = addr.len();
+            msg.msg_hdr.msg_iovlen = 1;
+            self.msgs.push(msg);
+        }
+        // The iovec vector no longer grows: its addresses are now stable.
+        for (msg, iov) in self.msgs.iter_mut().zip(self.iovs.iter_mut()) {
+            msg.msg_hdr.msg_iov = iov;
+        }
+        // SAFETY: every header points at a live iovec, address and slice of
+        // `data`, all owned by `self` and unchanged during the call; the
+        // kernel only reads them (and writes `msg_len`).
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                self.msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(sent) {
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(_) => Err(io::Error::last_os_error()),
         }
     }
 }

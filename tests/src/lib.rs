@@ -30,7 +30,7 @@ pub use client::{Client, ClientKind, ClientOptions};
 pub use colours::{assert_colour_sequence, colour_changes};
 pub use http::HttpResponse;
 pub use net::TestNet;
-pub use node::{SoraNode, SoraNodeOptions};
+pub use node::{CommandOutput, SoraNode, SoraNodeOptions};
 pub use signaling::{RawSignaling, Received};
 
 use std::path::PathBuf;

@@ -191,6 +191,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     let fwd0 = forwarded(&args.api).await;
     let cpu0 = cpu(args.server_pid);
     let self0 = cpu(Some(std::process::id()));
+    let udp0 = tools::procstat::udp_buffer_errors().ok();
     let start = Instant::now();
     for p in pubs.iter_mut() {
         p.start_sending(SendPlan {
@@ -223,6 +224,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     let fwd1 = forwarded(&args.api).await;
     let cpu1 = cpu(args.server_pid);
     let self1 = cpu(Some(std::process::id()));
+    let udp1 = tools::procstat::udp_buffer_errors().ok();
 
     let mut sent_by_ssrc: BTreeMap<u32, u64> = BTreeMap::new();
     for p in &pubs {
@@ -298,6 +300,11 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         "subscribers": sub_reports,
         "loadgen_cpu_s": match (self0, self1) { (Some(a), Some(b)) => json!(b - a), _ => Value::Null },
     });
+    if let (Some((r0, s0)), Some((r1, s1))) = (udp0, udp1) {
+        // Host-wide: drops at any socket, the server's or these clients'.
+        report["host_udp_rcvbuf_errors"] = json!(r1 - r0);
+        report["host_udp_sndbuf_errors"] = json!(s1 - s0);
+    }
     if let Some(f) = forwarded_delta {
         report["server_rtp_forwarded"] = json!(f);
         report["server_forwarded_pps"] = json!(f as f64 / send_s);

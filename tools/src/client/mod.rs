@@ -357,6 +357,17 @@ impl Drop for Client {
     }
 }
 
+/// Binds a UDP socket with large buffers, so bursts are not dropped on this side.
+fn bind_udp(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
 fn random_token(n: usize) -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut rng = rand::rng();
@@ -553,7 +564,7 @@ impl Client {
             "[::]:0"
         }
         .parse()?;
-        let sock = UdpSocket::bind(bind).await?;
+        let sock = bind_udp(bind)?;
         sock.connect(server).await?;
         let sock = Arc::new(sock);
         shared.update(|s| {
