@@ -21,7 +21,7 @@ use rtc_srtp::context::Context;
 use rtc_srtp::crypto::RTCCryptoProvider;
 use rtc_srtp::protection_profile::ProtectionProfile;
 use shared::ring::{core_link, ControlEnd};
-use shared::{ChannelKey, Command, ConnId, Event, MediaKind, SrtpProfile};
+use shared::{ChannelKey, Command, ConnId, MediaKind, SrtpProfile};
 
 const WINDOW: u64 = 48;
 const STALL: Duration = Duration::from_millis(20);
@@ -206,11 +206,6 @@ impl Drop for Setup {
         let _ = self.control.send(&Command::Shutdown);
         if let Some(dp) = self.dp.take() {
             let _ = dp.join();
-        }
-        while let Some(ev) = self.control.recv() {
-            if let Ok(Event::Stats(stats)) = ev {
-                let _ = stats;
-            }
         }
     }
 }

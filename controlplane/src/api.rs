@@ -47,6 +47,7 @@ use axum::Router;
 use serde_json::Value;
 use shared::{Command, CoreStats};
 
+use crate::cluster::ClusterError;
 use crate::node::Node;
 use crate::signaling::{self, close};
 
@@ -208,6 +209,10 @@ async fn dispatch(node: &Arc<Node>, headers: &HeaderMap, body: &[u8]) -> Result<
     }
 }
 
+/// How long a cluster change may wait for its commit before the API answers
+/// 503 `no_quorum` (the cluster itself retries for three election timeouts).
+const CLUSTER_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn cluster_op(
     node: &Node,
     op: &str,
@@ -251,7 +256,14 @@ async fn cluster_op(
         }
         "PurgeClusterNode" => {
             let target = field(body, "target_node_name")?.to_owned();
-            cluster.purge_node(target.clone()).await?;
+            // Without a majority the change cannot commit, and a leader that
+            // lost its majority would wait for the commit forever.
+            if !cluster.has_quorum() {
+                return Err(ClusterError::NoQuorum.into());
+            }
+            tokio::time::timeout(CLUSTER_CHANGE_TIMEOUT, cluster.purge_node(target.clone()))
+                .await
+                .map_err(|_| ApiError::from(ClusterError::NoQuorum))??;
             Ok(serde_json::json!({"target_node_name": target}))
         }
         _ => {

@@ -151,6 +151,11 @@ async fn pump(
                 },
             };
             if end.send(&cmd).is_err() {
+                if oversized(&cmd, end.max_record_len()) {
+                    // It would never fit: retrying would stall every later command.
+                    tracing::error!(?cmd, "command larger than the ring's record limit: dropped");
+                    continue;
+                }
                 pending = Some(cmd);
                 break;
             }
@@ -179,6 +184,13 @@ async fn pump(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// Whether `cmd` can never fit in a ring whose records are at most `max` bytes.
+fn oversized(cmd: &Command, max: usize) -> bool {
+    let mut buf = Vec::new();
+    cmd.encode(&mut buf);
+    buf.len() > max
 }
 
 fn dispatch(ev: Event, routes: &Mutex<Routes>, stats: &Mutex<MediaStats>) {

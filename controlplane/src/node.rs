@@ -24,6 +24,11 @@ use crate::webhook::Webhooks;
 /// Bytes of each ring (commands down, events up) per data-plane core.
 const RING_CAPACITY: usize = 1 << 20;
 
+/// How long `admit` waits for the cluster to name a channel's owner. Longer
+/// than a failover (the cluster retries for three election timeouts), shorter
+/// than the SDKs' own connection timeouts (30 s for the C++ SDK).
+const CLUSTER_ADMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Signaling counters for `GetStatsReport`.
 #[derive(Default)]
 pub struct SignalingCounters {
@@ -120,12 +125,24 @@ impl Node {
                 ));
             }
             let local = self.registry().connection_count() as u64;
-            let owner = cluster
-                .acquire_channel(&req.channel_id, local)
-                .await
-                .map_err(|e| {
-                    Closing::new(close::UNAVAILABLE, format!("CLUSTER-UNAVAILABLE: {e}"))
-                })?;
+            // A leader that has just lost its majority still believes it has
+            // one for a while, and its write would wait for a commit that
+            // never comes: answer the client instead of leaving it silent.
+            let owner = tokio::time::timeout(
+                CLUSTER_ADMIT_TIMEOUT,
+                cluster.acquire_channel(&req.channel_id, local),
+            )
+            .await
+            .map_err(|_| {
+                Closing::new(
+                    close::UNAVAILABLE,
+                    format!(
+                        "NO-QUORUM: the cluster assigned no owner within {} s",
+                        CLUSTER_ADMIT_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|e| Closing::new(close::UNAVAILABLE, format!("CLUSTER-UNAVAILABLE: {e}")))?;
             if !owner.is_me {
                 return Ok(Admission::Redirect(owner.external_signaling_url));
             }

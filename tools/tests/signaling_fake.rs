@@ -148,7 +148,7 @@ async fn redirect_offer_reoffer_ping_close() {
     let c2 = seen.recv().await.unwrap();
     assert_eq!(c2["redirect"], true);
     let st = client.state();
-    assert_eq!(st.redirects, [second_url.clone()]);
+    assert_eq!(st.redirects, std::slice::from_ref(&second_url));
     assert_eq!(st.url, second_url);
     assert_eq!(st.connection_id.as_deref(), Some("CONN"));
     assert_eq!(
