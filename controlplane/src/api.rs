@@ -299,21 +299,15 @@ fn list_connections(node: &Node, channel: Option<&str>) -> Value {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            out.push(serde_json::json!({
-                "channel_id": channel_id,
-                "connection_id": m.connection_id,
-                "client_id": m.client_id,
-                "bundle_id": m.bundle_id,
-                "role": m.role.as_str(),
-                "audio": m.audio.is_some() || m.role.receives(),
-                "video": m.video.is_some() || m.role.receives(),
-                "simulcast": false,
-                "spotlight": false,
-                "multistream": true,
-                "state": if m.established { "connected" } else { "connecting" },
-                "created_timestamp": created,
-                "node_name": node.config.node_name,
-            }));
+            let mut v = m.describe(channel_id);
+            v["state"] = serde_json::json!(if m.established {
+                "connected"
+            } else {
+                "connecting"
+            });
+            v["created_timestamp"] = serde_json::json!(created);
+            v["node_name"] = serde_json::json!(node.config.node_name);
+            out.push(v);
         }
     }
     Value::Array(out)

@@ -82,6 +82,22 @@ pub struct Member {
 }
 
 impl Member {
+    /// The fields that describe this connection in the API and in webhooks.
+    pub fn describe(&self, channel_id: &str) -> Value {
+        json!({
+            "channel_id": channel_id,
+            "connection_id": self.connection_id,
+            "client_id": self.client_id,
+            "bundle_id": self.bundle_id,
+            "role": self.role.as_str(),
+            "audio": self.audio.is_some() || self.role.receives(),
+            "video": self.video.is_some() || self.role.receives(),
+            "multistream": true,
+            "simulcast": false,
+            "spotlight": false,
+        })
+    }
+
     /// The entry for this connection in a notify's `data[]`.
     pub fn notify_entry(&self) -> Value {
         let mut v = json!({

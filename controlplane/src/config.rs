@@ -142,7 +142,7 @@ impl Default for Config {
             external_api_url: None,
             contact_node_name_list: Vec::new(),
             cluster_listen_port: 5890,
-            cluster_heartbeat_interval: Duration::from_millis(500),
+            cluster_heartbeat_interval: Duration::from_millis(300),
             cluster_heartbeat_timeout: Duration::from_secs(3),
             channel_release_grace: Duration::from_secs(30),
             license_file: None,
@@ -981,7 +981,7 @@ mod tests {
             "line 1: ping_interval: must be longer than 0"
         );
         assert_eq!(
-            err("cluster_heartbeat_timeout = 600 ms"),
+            err("cluster_heartbeat_timeout = 500 ms"),
             "line 1: cluster_heartbeat_timeout: must be at least twice cluster_heartbeat_interval"
         );
         assert_eq!(

@@ -348,20 +348,13 @@ impl Node {
 
 /// The body of an event webhook about `m`.
 fn event_body(channel_id: &str, session_id: &str, m: &Member) -> Value {
-    let mut v = json!({
-        "channel_id": channel_id,
-        "session_id": session_id,
-        "connection_id": m.connection_id,
-        "client_id": m.client_id,
-        "bundle_id": m.bundle_id,
-        "role": m.role.as_str(),
-        "audio": m.audio.is_some() || m.role.receives(),
-        "video": m.video.is_some() || m.role.receives(),
-        "multistream": true,
-        "simulcast": false,
-        "spotlight": false,
-        "minutes": m.created_at.elapsed().map(|d| d.as_secs() / 60).unwrap_or(0),
-    });
+    let mut v = m.describe(channel_id);
+    v["session_id"] = json!(session_id);
+    v["minutes"] = json!(m
+        .created_at
+        .elapsed()
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0));
     if let Some(md) = &m.metadata {
         v["signaling_notify_metadata"] = md.clone();
     }

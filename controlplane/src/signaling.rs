@@ -681,11 +681,18 @@ impl Session {
             ms = self.opened.elapsed().as_millis() as u64,
             "connection established"
         );
-        if self.awaiting.is_none() {
-            let pubs: Vec<ConnId> = self.forwarded.keys().copied().collect();
-            for p in pubs {
-                self.subscribe(p);
-            }
+        // The answer came before the keys (its fingerprint is needed to finish
+        // DTLS). A re-offer may be outstanding: its publishers are subscribed on
+        // its re-answer, all the others now.
+        let pending: HashSet<ConnId> = self.awaiting.iter().flatten().copied().collect();
+        let pubs: Vec<ConnId> = self
+            .forwarded
+            .keys()
+            .filter(|p| !pending.contains(p))
+            .copied()
+            .collect();
+        for p in pubs {
+            self.subscribe(p);
         }
         let notify = self.node.mark_established(self.conn, &self.req.channel_id);
         if let Some(n) = notify {

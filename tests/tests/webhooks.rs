@@ -198,8 +198,9 @@ async fn auth_webhook_that_fails_denies() {
         (500, json!({"allowed": true}))
     })
     .await;
-    for url in [hook.url("/auth"), format!("http://{}:9/auth", net.addr(10))] {
-        let node = SoraNode::start(SoraNodeOptions::new(&net, 1).with("auth_webhook_url", &url))
+    let urls = [hook.url("/auth"), format!("http://{}:9/auth", net.addr(10))];
+    for (n, url) in (1..).zip(urls) {
+        let node = SoraNode::start(SoraNodeOptions::new(&net, n).with("auth_webhook_url", &url))
             .await
             .expect("node starts");
         let mut ws = RawSignaling::connect(&node.signaling_url())
@@ -244,7 +245,7 @@ async fn session_and_event_webhooks_follow_a_connection() {
         .expect("publisher exits");
     let kinds = wait_until("four webhooks", WAIT, || {
         let seen = hook.seen();
-        (seen.len() >= 4).then(|| seen)
+        (seen.len() >= 4).then_some(seen)
     })
     .await
     .expect("webhooks arrive");

@@ -80,6 +80,10 @@ pub enum Request {
         from: String,
         connections: u64,
     },
+    /// Sent by a node that stops gracefully: show it disconnected at once.
+    Leaving {
+        from: String,
+    },
     /// Run `op` on the leader; a follower forwards it while `hops` allows.
     Leader {
         op: LeaderOp,

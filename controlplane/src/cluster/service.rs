@@ -238,6 +238,13 @@ impl Inner {
                     connections: self.local_connections.load(Ordering::Relaxed),
                 }
             }
+            Request::Leaving { from } => {
+                info!(node_name = %from, "member is stopping");
+                lock(&self.seen).remove(&from);
+                Reply::Heartbeat {
+                    connections: self.local_connections.load(Ordering::Relaxed),
+                }
+            }
             Request::Leader { op, hops } => Reply::Leader(self.leader_op(op, hops).await),
         }
     }
@@ -443,7 +450,11 @@ impl Inner {
     /// `hops` allows. Transient failures come back as `NoQuorum`.
     async fn leader_op(&self, op: LeaderOp, hops: u8) -> Result<LeaderReply, ClusterError> {
         if self.is_leader() {
-            return self.run_on_leader(op).await;
+            // A leader that lost its majority is not told so by openraft: its
+            // writes would wait forever. Bound them; the caller sees NoQuorum.
+            return tokio::time::timeout(self.election_max * 2, self.run_on_leader(op))
+                .await
+                .unwrap_or(Err(ClusterError::NoQuorum));
         }
         if hops == 0 {
             return Err(ClusterError::NoQuorum);
@@ -980,10 +991,32 @@ impl Inner {
         }
     }
 
+    /// Tells every other member that this node is stopping, so that it shows
+    /// `connected: false` (and can be purged) at once rather than after
+    /// `down_after`. Best effort: a member that does not answer soon learns it
+    /// from the missing heartbeats.
+    async fn announce_leaving(&self) {
+        let req = Request::Leaving {
+            from: self.me.node_name.clone(),
+        };
+        let calls = self
+            .members()
+            .into_values()
+            .filter(|peer| peer.node_name != self.me.node_name)
+            .map(|peer| {
+                let req = &req;
+                async move {
+                    let _ = rpc::call_once(&peer.addr, req, Duration::from_millis(500)).await;
+                }
+            });
+        futures_util::future::join_all(calls).await;
+    }
+
     pub async fn shutdown(&self) {
         if self.shutdown_tx.send_replace(true) {
             return;
         }
+        self.announce_leaving().await;
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }
