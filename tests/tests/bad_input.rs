@@ -223,3 +223,85 @@ async fn garbage_udp_to_the_media_port_is_counted_and_harmless() {
     }
     ws.close().await;
 }
+
+/// A connectivity check with the connection's ufrag but the wrong password is
+/// dropped and counted as a STUN authentication failure; the same check with
+/// the right password is answered.
+#[tokio::test]
+async fn stun_with_a_bad_integrity_is_dropped_and_counted() {
+    let net = TestNet::new("stun_bad_integrity");
+    let node = SoraNode::start(SoraNodeOptions::new(&net, 1))
+        .await
+        .expect("node starts");
+    let mut ws = RawSignaling::connect(&node.signaling_url())
+        .await
+        .expect("ws");
+    ws.send_json(&connect_msg("stun_bad_integrity", "recvonly"))
+        .await
+        .expect("send");
+    let offer = ws.expect_type("offer", WAIT).await.expect("offer");
+    let sdp = offer["sdp"].as_str().expect("sdp");
+    let attr = |name: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+            .unwrap_or_else(|| panic!("no a={name} in {sdp}"))
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (attr("ice-ufrag"), attr("ice-pwd"));
+    let username = format!("{ufrag}:peer");
+    let stun_auth = |v: &Value| v["dataplane"]["dropped_stun_auth"].as_u64().unwrap_or(0);
+    let base = stun_auth(
+        &node
+            .api_ok("Sora_20171010.GetStatsReport", Value::Null)
+            .await
+            .expect("stats"),
+    );
+
+    let sock = UdpSocket::bind((net.addr(200), 0)).expect("udp socket");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut bad = Vec::new();
+    dataplane::stun::write_binding_request(
+        &mut bad,
+        &[1; 12],
+        username.as_bytes(),
+        b"not the password",
+        true,
+    );
+    for _ in 0..5 {
+        sock.send_to(&bad, node.media_addr()).expect("send");
+    }
+    tests::wait_until_async("bad checks counted", WAIT, || async {
+        let s = node
+            .api_ok("Sora_20171010.GetStatsReport", Value::Null)
+            .await
+            .ok()?;
+        (stun_auth(&s) >= base + 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log_tail()));
+    let mut buf = [0u8; 1500];
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "a check with a bad integrity was answered"
+    );
+
+    let mut good = Vec::new();
+    dataplane::stun::write_binding_request(
+        &mut good,
+        &[2; 12],
+        username.as_bytes(),
+        pwd.as_bytes(),
+        true,
+    );
+    let answered = tests::wait_until("a valid check answered", WAIT, || {
+        sock.send_to(&good, node.media_addr()).ok()?;
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        dataplane::stun::xor_mapped_address(&buf[..n])
+    })
+    .await
+    .expect("binding success");
+    assert_eq!(answered, sock.local_addr().expect("local addr"));
+    ws.close().await;
+}
