@@ -180,7 +180,9 @@ type Factory = fn(Profile, &[u8], &[u8], bool) -> Box<dyn Ctx>;
 
 fn libraries() -> [(&'static str, Factory); 2] {
     [
-        ("webrtc-srtp", |p, k, s, i| Box::new(webrtc::new(p, k, s, i))),
+        ("webrtc-srtp", |p, k, s, i| {
+            Box::new(webrtc::new(p, k, s, i))
+        }),
         ("rtc-srtp", |p, k, s, i| Box::new(rtc::new(p, k, s, i))),
     ]
 }

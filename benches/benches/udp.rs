@@ -161,13 +161,16 @@ impl Setup {
         self.publisher.send(&wire).unwrap();
     }
 
-    /// Datagrams waiting on the subscriber sockets, read without blocking.
+    /// Forwarded RTP waiting on the subscriber sockets, read without
+    /// blocking (the core's sender reports are read and not counted).
     fn drain(&mut self) -> u64 {
         let mut buf = [0u8; 2048];
         let mut got = 0;
         for s in &self.subscribers {
-            while s.recv(&mut buf).is_ok() {
-                got += 1;
+            while let Ok(len) = s.recv(&mut buf) {
+                if len > 12 && buf[1] & 0x7F == 96 {
+                    got += 1;
+                }
             }
         }
         got
@@ -181,7 +184,7 @@ impl Setup {
         let mut progress = Instant::now();
         let start = Instant::now();
         while received < packets * n {
-            if sent < packets && sent * n - received < WINDOW {
+            if sent < packets && (sent * n).saturating_sub(received) < WINDOW {
                 self.send_one();
                 sent += 1;
                 continue;

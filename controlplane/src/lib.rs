@@ -13,6 +13,7 @@ pub mod dtls;
 pub mod ids;
 pub mod license;
 pub mod media;
+pub mod negotiation;
 pub mod node;
 pub mod sdp;
 pub mod signaling;

@@ -13,7 +13,6 @@
 //! Every way out of a session closes the socket with a code and a reason; the
 //! SDKs wait forever for an offer otherwise.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,8 +25,9 @@ use crate::channels::{Member, PublishedTrack, Role, SessionMsg};
 use crate::dtls::{self, RingConn, SrtpKeys};
 use crate::ids;
 use crate::media::{CommandSender, ConnEvent};
+use crate::negotiation::{Action, Negotiation, PublisherView};
 use crate::node::Node;
-use crate::sdp::{self, Codec, Direction, MediaSection, OfferParams, SsrcInfo};
+use crate::sdp::{self, Codec, Direction, OfferParams};
 use crate::webhook::AuthDecision;
 
 /// Close codes this server uses (documented in docs/SIGNALING.md).
@@ -358,14 +358,7 @@ struct Session {
     ice_pwd: String,
     sdp_version: u64,
     session_id: u64,
-    sections: Vec<MediaSection>,
-    /// publisher -> indices of its sections in `sections`.
-    forwarded: BTreeMap<ConnId, Vec<usize>>,
-    subscribed: HashSet<ConnId>,
-    /// Publishers offered in the outstanding re-offer, subscribed on re-answer.
-    awaiting: Option<Vec<ConnId>>,
-    /// The publishers changed while an offer was outstanding.
-    dirty: bool,
+    negotiation: Negotiation,
     established: bool,
     fingerprint_tx: watch::Sender<Option<String>>,
     inbox: mpsc::UnboundedReceiver<SessionMsg>,
@@ -477,25 +470,8 @@ impl Session {
             });
         }
 
-        let mut sections = Vec::new();
-        if let Some(a) = &audio {
-            sections.push(MediaSection {
-                mid: "0".into(),
-                kind: MediaKind::Audio,
-                direction: Direction::RecvOnly,
-                codec: a.codec,
-                ssrc: None,
-            });
-        }
-        if let Some(v) = &video {
-            sections.push(MediaSection {
-                mid: sections.len().to_string(),
-                kind: MediaKind::Video,
-                direction: Direction::RecvOnly,
-                codec: v.codec,
-                ssrc: None,
-            });
-        }
+        let upstream: Vec<Codec> = audio.iter().chain(video.iter()).map(|t| t.codec).collect();
+        let negotiation = Negotiation::new(&upstream, req.role.receives());
         let candidate = node.candidate(core);
         Session {
             node,
@@ -510,11 +486,7 @@ impl Session {
             ice_pwd,
             sdp_version: 1,
             session_id: rand::random::<u64>() >> 2,
-            sections,
-            forwarded: BTreeMap::new(),
-            subscribed: HashSet::new(),
-            awaiting: None,
-            dirty: false,
+            negotiation,
             established: false,
             fingerprint_tx,
             inbox,
@@ -530,26 +502,9 @@ impl Session {
 
     async fn run(&mut self, ws: &mut WebSocket) -> Closing {
         // The initial offer: own upstream sections, then every established publisher.
-        let added = self.add_current_publishers();
-        if self.sections.is_empty() {
-            // A receiver in an empty channel still needs a transport: two inactive
-            // sections keep ICE and DTLS going until the first publisher arrives.
-            for kind in [MediaKind::Audio, MediaKind::Video] {
-                let codec = if kind == MediaKind::Audio {
-                    Codec::Opus
-                } else {
-                    self.node.default_video_codec()
-                };
-                self.sections.push(MediaSection {
-                    mid: self.sections.len().to_string(),
-                    kind,
-                    direction: Direction::Inactive,
-                    codec,
-                    ssrc: None,
-                });
-            }
-        }
-        self.awaiting = Some(added);
+        let publishers = self.publishers();
+        self.negotiation
+            .initial_offer(&publishers, self.node.default_video_codec());
         let offer = self.offer_message();
         if let Err(c) = send_json(ws, &offer).await {
             return c;
@@ -643,17 +598,9 @@ impl Session {
                         })?;
                     let _ = self.fingerprint_tx.send(Some(fp));
                 }
-                let offered = self.awaiting.take().unwrap_or_default();
-                if self.established {
-                    for p in offered {
-                        self.subscribe(p);
-                    }
-                }
-                if self.dirty {
-                    self.dirty = false;
-                    self.reconcile(ws).await?;
-                }
-                Ok(())
+                let publishers = self.publishers();
+                let actions = self.negotiation.on_answer(&publishers);
+                self.apply(ws, actions).await
             }
             "candidate" => Ok(()),
             "pong" => {
@@ -681,19 +628,8 @@ impl Session {
             ms = self.opened.elapsed().as_millis() as u64,
             "connection established"
         );
-        // The answer came before the keys (its fingerprint is needed to finish
-        // DTLS). A re-offer may be outstanding: its publishers are subscribed on
-        // its re-answer, all the others now.
-        let pending: HashSet<ConnId> = self.awaiting.iter().flatten().copied().collect();
-        let pubs: Vec<ConnId> = self
-            .forwarded
-            .keys()
-            .filter(|p| !pending.contains(p))
-            .copied()
-            .collect();
-        for p in pubs {
-            self.subscribe(p);
-        }
+        let actions = self.negotiation.on_established();
+        self.apply(ws, actions).await?;
         let notify = self.node.mark_established(self.conn, &self.req.channel_id);
         if let Some(n) = notify {
             send_json(ws, &n).await?;
@@ -701,91 +637,49 @@ impl Session {
         Ok(())
     }
 
-    fn subscribe(&mut self, publisher: ConnId) {
-        if self.forwarded.contains_key(&publisher) && self.subscribed.insert(publisher) {
-            self.cmd.send(Command::Subscribe {
-                subscriber: self.conn,
-                publisher,
-            });
-        }
-    }
-
-    /// Appends sections for established publishers not yet offered. Returns them.
-    fn add_current_publishers(&mut self) -> Vec<ConnId> {
+    /// The channel's established publishers other than this connection.
+    fn publishers(&self) -> Vec<PublisherView> {
         if !self.req.role.receives() {
             return Vec::new();
         }
-        let pubs = self.node.publishers(self.conn, &self.req.channel_id);
-        let mut added = Vec::new();
-        for (p, connection_id, tracks) in pubs {
-            if self.forwarded.contains_key(&p) {
-                continue;
-            }
-            let mut idx = Vec::new();
-            for t in tracks {
-                idx.push(self.sections.len());
-                self.sections.push(MediaSection {
-                    mid: self.sections.len().to_string(),
-                    kind: t.codec.kind(),
-                    direction: Direction::SendOnly,
-                    codec: t.codec,
-                    ssrc: Some(SsrcInfo {
-                        ssrc: t.out_ssrc,
-                        cname: connection_id.clone(),
-                        stream_id: connection_id.clone(),
-                        track_id: t.track_id.clone(),
-                    }),
-                });
-            }
-            self.forwarded.insert(p, idx);
-            added.push(p);
-        }
-        added
-    }
-
-    /// Brings the offered publishers in line with the channel's; re-offers.
-    async fn reconcile(&mut self, ws: &mut WebSocket) -> Result<(), Closing> {
-        if !self.req.role.receives() {
-            return Ok(());
-        }
-        if self.awaiting.is_some() {
-            self.dirty = true;
-            return Ok(());
-        }
-        let current: HashSet<ConnId> = self
-            .node
+        self.node
             .publishers(self.conn, &self.req.channel_id)
             .into_iter()
-            .map(|(p, _, _)| p)
-            .collect();
-        let gone: Vec<ConnId> = self
-            .forwarded
-            .keys()
-            .filter(|p| !current.contains(p))
-            .copied()
-            .collect();
-        for p in &gone {
-            if let Some(idx) = self.forwarded.remove(p) {
-                for i in idx {
-                    self.sections[i].direction = Direction::Inactive;
-                    self.sections[i].ssrc = None;
+            .map(|(conn, connection_id, tracks)| PublisherView {
+                conn,
+                connection_id,
+                tracks,
+            })
+            .collect()
+    }
+
+    /// The channel's publishers changed: re-offer if this connection's m-lines must.
+    async fn reconcile(&mut self, ws: &mut WebSocket) -> Result<(), Closing> {
+        let publishers = self.publishers();
+        let actions = self.negotiation.reconcile(&publishers);
+        self.apply(ws, actions).await
+    }
+
+    /// Carries out what the negotiation decided.
+    async fn apply(&mut self, ws: &mut WebSocket, actions: Vec<Action>) -> Result<(), Closing> {
+        for a in actions {
+            match a {
+                Action::Subscribe(publisher) => self.cmd.send(Command::Subscribe {
+                    subscriber: self.conn,
+                    publisher,
+                }),
+                Action::Unsubscribe(publisher) => self.cmd.send(Command::Unsubscribe {
+                    subscriber: self.conn,
+                    publisher,
+                }),
+                Action::ReOffer => {
+                    self.sdp_version += 1;
+                    let sdp = self.build_sdp();
+                    send_json(ws, &json!({"type": "re-offer", "sdp": sdp})).await?;
                 }
             }
-            if self.subscribed.remove(p) {
-                self.cmd.send(Command::Unsubscribe {
-                    subscriber: self.conn,
-                    publisher: *p,
-                });
-            }
         }
-        let added = self.add_current_publishers();
-        if gone.is_empty() && added.is_empty() {
-            return Ok(());
-        }
-        self.sdp_version += 1;
-        self.awaiting = Some(added);
-        let sdp = self.build_sdp();
-        send_json(ws, &json!({"type": "re-offer", "sdp": sdp})).await
+        Ok(())
     }
 
     fn build_sdp(&self) -> String {
@@ -797,14 +691,15 @@ impl Session {
             fingerprint_sha256: self.node.identity.fingerprint_sha256.clone(),
             candidate_ip: self.candidate.0,
             candidate_port: self.candidate.1,
-            sections: self.sections.clone(),
+            sections: self.negotiation.sections().to_vec(),
         })
     }
 
     fn offer_message(&self) -> Value {
         let mut mid = serde_json::Map::new();
         for s in self
-            .sections
+            .negotiation
+            .sections()
             .iter()
             .filter(|s| s.direction == Direction::RecvOnly)
         {

@@ -521,7 +521,8 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
             // SAFETY: the family says the storage holds a `sockaddr_in`, the
             // length says it was written, and the storage is large and
             // aligned enough for any socket address.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::from((
                 u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
                 u16::from_be(a.sin_port),
@@ -529,7 +530,9 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
         }
         libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for `sockaddr_in6`.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                 a.sin6_addr.s6_addr.into(),
                 u16::from_be(a.sin6_port),

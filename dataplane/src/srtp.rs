@@ -152,7 +152,8 @@ mod tests {
     use super::*;
     use webrtc_srtp::context::Context as PeerContext;
 
-    const PROFILES: [SrtpProfile; 2] = [SrtpProfile::Aes128CmHmacSha1_80, SrtpProfile::AeadAes128Gcm];
+    const PROFILES: [SrtpProfile; 2] =
+        [SrtpProfile::Aes128CmHmacSha1_80, SrtpProfile::AeadAes128Gcm];
 
     fn salt_len(profile: SrtpProfile) -> usize {
         library_profile(profile).salt_len()
@@ -237,8 +238,12 @@ mod tests {
             let salt = salt_len(profile);
             let pp = protection_profile(profile);
             let mut wrong = PeerContext::new(&[9; 16], &vec![4; salt], pp, None, None).unwrap();
-            assert!(s.unprotect_rtp(&wrong.encrypt_rtp(&rtp(1, 300)).unwrap()).is_none());
-            assert!(s.unprotect_rtcp(&wrong.encrypt_rtcp(&rtcp()).unwrap()).is_none());
+            assert!(s
+                .unprotect_rtp(&wrong.encrypt_rtp(&rtp(1, 300)).unwrap())
+                .is_none());
+            assert!(s
+                .unprotect_rtcp(&wrong.encrypt_rtcp(&rtcp()).unwrap())
+                .is_none());
 
             let (mut tx, _) = peer(profile);
             let mut wire = tx.encrypt_rtp(&rtp(2, 300)).unwrap().to_vec();
