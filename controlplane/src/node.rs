@@ -433,7 +433,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         core_ends,
     )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (media_port {}, dataplane_cores {})",
+            config.media_port,
+            config.dataplane_cores
+        )
+    })?;
     let media = MediaLink::start(control_ends);
     let identity = DtlsIdentity::generate()?;
     let cluster = if config.cluster {
