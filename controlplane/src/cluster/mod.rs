@@ -166,7 +166,7 @@ pub struct NodeView {
     pub external_api_url: String,
     pub external_signaling_url: String,
     pub license_max_connections: u64,
-    pub license_max_nodes: Option<u64>,
+    pub license_max_nodes: u64,
     pub license_serial_code: String,
     pub license_type: String,
     pub mode: String,

@@ -912,7 +912,7 @@ impl Inner {
                 external_api_url: m.info.external_api_url,
                 external_signaling_url: m.info.external_signaling_url,
                 license_max_connections: m.info.license.max_connections,
-                license_max_nodes: m.info.license.max_nodes,
+                license_max_nodes: m.info.license.max_nodes.unwrap_or(1),
                 license_serial_code: m.info.license.serial_code,
                 license_type: m.info.license.license_type,
                 mode: modes

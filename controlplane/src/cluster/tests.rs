@@ -507,7 +507,7 @@ async fn shared_license_within_max_nodes() {
         .await
         .expect("shared license for 2 nodes");
     let views = n2.list_nodes().await.expect("list nodes");
-    assert!(views.iter().all(|v| v.license_max_nodes == Some(2)));
+    assert!(views.iter().all(|v| v.license_max_nodes == 2));
     n1.shutdown().await;
     n2.shutdown().await;
 }
