@@ -402,6 +402,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let license = License::for_node(config.license_file.as_deref(), SystemTime::now())?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // The cluster port first: once the API answers (what `sora daemon` and
+    // operators wait for), the other nodes can already reach this one.
+    let cluster = if config.cluster {
+        Some(start_cluster(&config, &license).await?)
+    } else {
+        None
+    };
     let api_listener = bind_tcp(
         config.api_bind_address(),
         config.api_port,
@@ -442,11 +449,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let media = MediaLink::start(control_ends);
     let identity = DtlsIdentity::generate()?;
-    let cluster = if config.cluster {
-        Some(start_cluster(&config, &license).await?)
-    } else {
-        None
-    };
     let webhooks = Webhooks::new(&config)?;
     let node = Arc::new(Node::new(
         config, license, identity, media, cluster, webhooks,
