@@ -161,7 +161,6 @@ pub struct Core {
     next_stats: Option<Instant>,
     /// Earliest time a rate-limited key frame request may go out.
     key_frame_due: Option<Instant>,
-    scratch: Vec<u8>,
 }
 
 impl Core {
@@ -187,7 +186,6 @@ impl Core {
             next_report: None,
             next_stats: None,
             key_frame_due: None,
-            scratch: Vec::with_capacity(2048),
         }
     }
 
@@ -367,7 +365,7 @@ impl Core {
             trace!(conn = id.0, pt, "RTP for an undeclared payload type");
             return;
         };
-        let Some(plain) = srtp.unprotect_rtp(pkt) else {
+        let Some(mut plain) = srtp.unprotect_rtp(pkt) else {
             self.stats.dropped_srtp += 1;
             return;
         };
@@ -398,15 +396,14 @@ impl Core {
         track.last_packet = Some((ts, now));
         track.packets += 1;
         track.octets += plain.len() as u64;
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&plain);
-        self.scratch[8..12].copy_from_slice(&out_ssrc.to_be_bytes());
-        track.buffer.store(seq, &self.scratch, now);
+        // The decrypted packet is ours: rewrite its SSRC in place.
+        plain[8..12].copy_from_slice(&out_ssrc.to_be_bytes());
+        track.buffer.store(seq, &plain, now);
 
         if self.owned.get(&channel).copied().unwrap_or(true) {
             if let Some(subs) = self.fanout.get(&id) {
                 for sub in subs {
-                    if send_rtp(&mut self.conns, &mut self.tx, *sub, &self.scratch) {
+                    if send_rtp(&mut self.conns, &mut self.tx, *sub, &plain) {
                         self.stats.rtp_forwarded += 1;
                     }
                 }
