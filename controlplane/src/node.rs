@@ -57,6 +57,8 @@ pub struct Node {
     pub cluster: Option<Cluster>,
     pub webhooks: Webhooks,
     pub started_at: SystemTime,
+    /// The address in ICE candidates, resolved once (it may scan interfaces).
+    candidate_ip: IpAddr,
     next_conn: AtomicU32,
     stopping: AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -73,6 +75,7 @@ impl Node {
     ) -> Node {
         let cores = media.cores();
         Node {
+            candidate_ip: config.candidate_ip(),
             config,
             license,
             identity,
@@ -102,7 +105,7 @@ impl Node {
 
     /// The ICE host candidate of data-plane core `core`.
     pub fn candidate(&self, core: usize) -> (IpAddr, u16) {
-        (self.config.candidate_ip(), self.config.media_port_of(core))
+        (self.candidate_ip, self.config.media_port_of(core))
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
