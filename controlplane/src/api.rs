@@ -317,23 +317,15 @@ fn stats_report(node: &Node) -> Value {
     let media = node.media.stats();
     let mut total = CoreStats::default();
     for s in media.cores.values() {
-        total.udp_received += s.udp_received;
-        total.udp_sent += s.udp_sent;
-        total.rtp_received += s.rtp_received;
-        total.rtp_forwarded += s.rtp_forwarded;
-        total.rtcp_received += s.rtcp_received;
-        total.stun_received += s.stun_received;
-        total.dtls_received += s.dtls_received;
-        total.dropped_malformed += s.dropped_malformed;
-        total.dropped_stun_auth += s.dropped_stun_auth;
-        total.dropped_srtp += s.dropped_srtp;
-        total.dropped_unknown_peer += s.dropped_unknown_peer;
-        total.dropped_events += s.dropped_events;
-        total.dropped_bad_command += s.dropped_bad_command;
-        total.nacks_received += s.nacks_received;
-        total.retransmissions_sent += s.retransmissions_sent;
-        total.key_frame_requests_sent += s.key_frame_requests_sent;
+        total.add(s);
     }
+    total.dropped_bad_command += media.bad_events;
+    let mut dataplane: serde_json::Map<String, Value> = total
+        .counters()
+        .iter()
+        .map(|(name, v)| ((*name).to_owned(), Value::from(*v)))
+        .collect();
+    dataplane.insert("cores".into(), Value::from(node.media.cores()));
     let reg = node.registry();
     let uptime = node.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     use std::sync::atomic::Ordering::Relaxed;
@@ -348,25 +340,7 @@ fn stats_report(node: &Node) -> Value {
             "websocket_failed": node.counters.failed.load(Relaxed),
             "connections_established": node.counters.established.load(Relaxed),
         },
-        "dataplane": {
-            "cores": node.media.cores(),
-            "udp_received": total.udp_received,
-            "udp_sent": total.udp_sent,
-            "rtp_received": total.rtp_received,
-            "rtp_forwarded": total.rtp_forwarded,
-            "rtcp_received": total.rtcp_received,
-            "stun_received": total.stun_received,
-            "dtls_received": total.dtls_received,
-            "dropped_malformed": total.dropped_malformed,
-            "dropped_stun_auth": total.dropped_stun_auth,
-            "dropped_srtp": total.dropped_srtp,
-            "dropped_unknown_peer": total.dropped_unknown_peer,
-            "dropped_events": total.dropped_events,
-            "dropped_bad_command": total.dropped_bad_command + media.bad_events,
-            "nacks_received": total.nacks_received,
-            "retransmissions_sent": total.retransmissions_sent,
-            "key_frame_requests_sent": total.key_frame_requests_sent,
-        },
+        "dataplane": dataplane,
     });
     if let Some(c) = &node.cluster {
         report["cluster"] = serde_json::to_value(c.status()).unwrap_or(Value::Null);

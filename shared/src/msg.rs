@@ -176,6 +176,59 @@ pub struct CoreStats {
     pub key_frame_requests_sent: u64,
 }
 
+impl CoreStats {
+    /// Every counter by name, in the order of the binary layout.
+    pub fn counters(&self) -> [(&'static str, u64); 16] {
+        [
+            ("udp_received", self.udp_received),
+            ("udp_sent", self.udp_sent),
+            ("rtp_received", self.rtp_received),
+            ("rtp_forwarded", self.rtp_forwarded),
+            ("rtcp_received", self.rtcp_received),
+            ("stun_received", self.stun_received),
+            ("dtls_received", self.dtls_received),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_stun_auth", self.dropped_stun_auth),
+            ("dropped_srtp", self.dropped_srtp),
+            ("dropped_unknown_peer", self.dropped_unknown_peer),
+            ("dropped_events", self.dropped_events),
+            ("dropped_bad_command", self.dropped_bad_command),
+            ("nacks_received", self.nacks_received),
+            ("retransmissions_sent", self.retransmissions_sent),
+            ("key_frame_requests_sent", self.key_frame_requests_sent),
+        ]
+    }
+
+    /// The counters, mutable, in the order of [`CoreStats::counters`].
+    fn counters_mut(&mut self) -> [&mut u64; 16] {
+        [
+            &mut self.udp_received,
+            &mut self.udp_sent,
+            &mut self.rtp_received,
+            &mut self.rtp_forwarded,
+            &mut self.rtcp_received,
+            &mut self.stun_received,
+            &mut self.dtls_received,
+            &mut self.dropped_malformed,
+            &mut self.dropped_stun_auth,
+            &mut self.dropped_srtp,
+            &mut self.dropped_unknown_peer,
+            &mut self.dropped_events,
+            &mut self.dropped_bad_command,
+            &mut self.nacks_received,
+            &mut self.retransmissions_sent,
+            &mut self.key_frame_requests_sent,
+        ]
+    }
+
+    /// Adds `other`'s counters to these (totals over cores).
+    pub fn add(&mut self, other: &CoreStats) {
+        for (mine, (_, theirs)) in self.counters_mut().into_iter().zip(other.counters()) {
+            *mine += theirs;
+        }
+    }
+}
+
 /// Monotonic counters of one connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnStats {
@@ -450,24 +503,7 @@ impl Event {
             Event::CoreStats(s) => {
                 w.header(tag::CORE_STATS);
                 w.u64(u64::from(s.core));
-                for v in [
-                    s.udp_received,
-                    s.udp_sent,
-                    s.rtp_received,
-                    s.rtp_forwarded,
-                    s.rtcp_received,
-                    s.stun_received,
-                    s.dtls_received,
-                    s.dropped_malformed,
-                    s.dropped_stun_auth,
-                    s.dropped_srtp,
-                    s.dropped_unknown_peer,
-                    s.dropped_events,
-                    s.dropped_bad_command,
-                    s.nacks_received,
-                    s.retransmissions_sent,
-                    s.key_frame_requests_sent,
-                ] {
+                for (_, v) in s.counters() {
                     w.u64(v);
                 }
             }
@@ -503,25 +539,16 @@ impl Event {
                 conn: r.conn()?,
                 data: r.bytes()?.to_vec(),
             },
-            tag::CORE_STATS => Event::CoreStats(CoreStats {
-                core: u16::try_from(r.u64()?).map_err(|_| DecodeError::InvalidField("core"))?,
-                udp_received: r.u64()?,
-                udp_sent: r.u64()?,
-                rtp_received: r.u64()?,
-                rtp_forwarded: r.u64()?,
-                rtcp_received: r.u64()?,
-                stun_received: r.u64()?,
-                dtls_received: r.u64()?,
-                dropped_malformed: r.u64()?,
-                dropped_stun_auth: r.u64()?,
-                dropped_srtp: r.u64()?,
-                dropped_unknown_peer: r.u64()?,
-                dropped_events: r.u64()?,
-                dropped_bad_command: r.u64()?,
-                nacks_received: r.u64()?,
-                retransmissions_sent: r.u64()?,
-                key_frame_requests_sent: r.u64()?,
-            }),
+            tag::CORE_STATS => {
+                let mut s = CoreStats {
+                    core: u16::try_from(r.u64()?).map_err(|_| DecodeError::InvalidField("core"))?,
+                    ..CoreStats::default()
+                };
+                for c in s.counters_mut() {
+                    *c = r.u64()?;
+                }
+                Event::CoreStats(s)
+            }
             tag::CONN_STATS => Event::ConnStats {
                 conn: r.conn()?,
                 stats: ConnStats {
@@ -726,6 +753,19 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn core_stats_add_every_counter() {
+        let mut one = CoreStats::default();
+        for (i, c) in one.counters_mut().into_iter().enumerate() {
+            *c = i as u64 + 1;
+        }
+        let mut total = one.clone();
+        total.add(&one);
+        for ((name, a), (_, b)) in total.counters().into_iter().zip(one.counters()) {
+            assert_eq!(a, 2 * b, "{name}");
+        }
+    }
 
     fn commands() -> Vec<Command> {
         vec![
