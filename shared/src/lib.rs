@@ -17,5 +17,7 @@
 
 pub mod msg;
 pub mod ring;
+#[cfg(test)]
+mod test_rng;
 
 pub use msg::*;
